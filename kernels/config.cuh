@@ -1,0 +1,44 @@
+// Tile shapes per head dimension. One place to tune; every kernel derives its sizes from here.
+#pragma once
+
+namespace sa {
+
+template <int D>
+struct FwdConfig;
+
+/// D = 64: K/V tiles are 16 KiB each, so a deep ring fits.
+template <>
+struct FwdConfig<64> {
+    static constexpr int kBlockM = 128;  // query rows per CTA: 2 consumer warpgroups x 64
+    static constexpr int kBlockN = 128;  // keys per K/V tile
+    static constexpr int kStages = 4;    // K/V ring depth
+};
+
+/// D = 128: Q 32 KiB + 2 x (K 32 KiB + V 32 KiB) = 160 KiB of shared memory.
+template <>
+struct FwdConfig<128> {
+    static constexpr int kBlockM = 128;
+    static constexpr int kBlockN = 128;
+    static constexpr int kStages = 2;
+};
+
+/// Derived sizes shared by the kernel and the host (the host mirrors them in launch.rs).
+template <int D>
+struct FwdShape {
+    typedef FwdConfig<D> C;
+    static constexpr int kConsumers = C::kBlockM / 64;       // consumer warpgroups
+    static constexpr int kThreads = 128 * (1 + kConsumers);  // + one producer warpgroup
+    static constexpr int kSub = D / 64;                      // 64-column (128-byte) sub-tiles
+    static constexpr int kQBytes = C::kBlockM * D * 2;
+    static constexpr int kKVBytes = C::kBlockN * D * 2;      // one K or one V tile
+    static constexpr int kQSubBytes = C::kBlockM * 128;
+    static constexpr int kKVSubBytes = C::kBlockN * 128;
+    static constexpr int kBarrierBytes = 8 * (1 + 3 * C::kStages);
+    // 1024 bytes of slack to align the dynamic shared-memory base to the swizzle atom.
+    static constexpr int kSmemBytes = 1024 + kQBytes + 2 * C::kStages * kKVBytes + kBarrierBytes;
+    static_assert(C::kBlockM % 64 == 0, "kBlockM is a multiple of the wgmma M (64)");
+    static_assert(C::kBlockN % 16 == 0 && C::kBlockN <= 256, "kBlockN is a wgmma N");
+    static_assert(kSmemBytes <= 227 * 1024, "shared memory per CTA on sm_90");
+};
+
+}  // namespace sa

@@ -1,0 +1,278 @@
+// Sigmoid attention forward for Hopper (sm_90a).
+//
+//   O[i, :] = sum_j P[i, j] V[j, :],  P[i, j] = sigmoid(scale * Q[i] . K[j] + bias_b)
+//   with P = 0 for keys j >= len_k[b] and, when causal, j > i; rows i >= len_q[b] of O are 0.
+//
+// One CTA computes a kBlockM x D tile of O for one (query tile, head, batch element).
+// Warpgroup 0 is the producer: one thread issues TMA loads of the Q tile and of a kStages-deep
+// ring of K/V tiles (128-byte swizzle, completing on mbarriers). Warpgroups 1..kConsumers each own
+// 64 query rows: S = Q K^T by wgmma with both operands in shared memory, P = sigmoid(S) masked in
+// registers, then O += P V by wgmma with P straight from registers. Sigmoid needs no row maximum,
+// no rescaling of O and no final normalisation, so O only ever accumulates.
+//
+// Variant macros (set by build_cubins.py / src/cuda/nvrtc.rs):
+//   SA_HEAD_DIM = 64 | 128, SA_F16 (else bf16), SA_ACCURATE (else fast tanh sigmoid).
+#include "ptx.cuh"
+#include "params.cuh"
+#include "config.cuh"
+#include "sigmoid.cuh"
+
+#ifndef SA_HEAD_DIM
+#define SA_HEAD_DIM 128
+#endif
+
+namespace sa {
+
+constexpr int kD = SA_HEAD_DIM;
+typedef FwdConfig<kD> Cfg;
+typedef FwdShape<kD> Shape;
+constexpr int kBlockM = Cfg::kBlockM;
+constexpr int kBlockN = Cfg::kBlockN;
+constexpr int kStages = Cfg::kStages;
+static_assert(kD == 64 || kD == 128, "head dims with a tuned config: 64, 128");
+static_assert(kBlockN == 128, "the S wgmma below is m64n128");
+
+// Register budgets after the warpgroups specialise (setmaxnreg); the sum over the CTA stays
+// within the 64K registers of an SM.
+constexpr int kProducerRegs = Shape::kConsumers == 2 ? 24 : 32;
+constexpr int kConsumerRegs = Shape::kConsumers == 2 ? 240 : 160;
+static_assert(128 * kProducerRegs + 128 * Shape::kConsumers * kConsumerRegs <= 65536,
+              "register budget of one SM");
+
+/// The sequence of batch element b: from the per-sequence table, or the uniform description.
+__device__ __forceinline__ SeqInfo load_seq(const FwdParams& p, int b) {
+    if (p.seq_ptr == 0) return p.uniform;
+    return reinterpret_cast<const SeqInfo*>(p.seq_ptr)[b];
+}
+
+/// K/V tiles visited by query tile m_block: [0, n_end). Tiles past len_k and, when causal,
+/// tiles entirely above the diagonal are skipped. `has_work` is false for a tile whose rows
+/// are all padding, or when no key is visible.
+struct TileRange {
+    int n_end;
+    bool has_work;
+};
+
+__device__ __forceinline__ TileRange kv_tile_range(const SeqInfo& s, int m_block, int causal) {
+    const int q0 = m_block * kBlockM;
+    int n_end = (s.len_k + kBlockN - 1) / kBlockN;
+    if (causal) {
+        const int q_last = min(q0 + kBlockM, s.len_q) - 1;
+        n_end = min(n_end, q_last / kBlockN + 1);
+    }
+    TileRange r;
+    r.n_end = n_end;
+    r.has_work = q0 < s.len_q && n_end > 0;
+    return r;
+}
+
+/// Shared memory: Q tile, K ring, V ring, then the barriers. Every tile is a sequence of
+/// 64-column sub-tiles (rows of 128 bytes, 128-byte swizzle, 1024-byte aligned).
+struct Smem {
+    u32 q, k, v, bars;
+    __device__ __forceinline__ explicit Smem(u32 base) {
+        q = base;
+        k = q + Shape::kQBytes;
+        v = k + kStages * Shape::kKVBytes;
+        bars = v + kStages * Shape::kKVBytes;
+    }
+    __device__ __forceinline__ u32 q_full() const { return bars; }
+    __device__ __forceinline__ u32 k_full(int s) const { return bars + 8 * (1 + s); }
+    __device__ __forceinline__ u32 v_full(int s) const { return bars + 8 * (1 + kStages + s); }
+    __device__ __forceinline__ u32 kv_empty(int s) const { return bars + 8 * (1 + 2 * kStages + s); }
+    __device__ __forceinline__ u32 k_tile(int s) const { return k + s * Shape::kKVBytes; }
+    __device__ __forceinline__ u32 v_tile(int s) const { return v + s * Shape::kKVBytes; }
+};
+
+/// Producer: one thread streams Q once and K/V tile by tile into the ring.
+__device__ __forceinline__ void produce(const TensorMap& tm_q, const TensorMap& tm_k,
+                                        const TensorMap& tm_v, const FwdParams& p, const Smem& sm,
+                                        const SeqInfo& seq, TileRange tr, int m_block, int h, int b) {
+    const int kvh = h / p.kv_group;
+    const int bq = b * p.map_batch;
+    tma_prefetch_desc(&tm_q);
+    tma_prefetch_desc(&tm_k);
+    tma_prefetch_desc(&tm_v);
+
+    mbar_arrive_expect_tx(sm.q_full(), Shape::kQBytes);
+#pragma unroll
+    for (int c = 0; c < Shape::kSub; ++c)
+        tma_load_4d(sm.q + c * Shape::kQSubBytes, &tm_q, sm.q_full(), c * 64,
+                    seq.q_start + m_block * kBlockM, h, bq);
+
+    for (int n = 0; n < tr.n_end; ++n) {
+        const int s = n % kStages;
+        const u32 phase = (n / kStages) & 1;
+        mbar_wait(sm.kv_empty(s), phase ^ 1);
+        const int row = seq.k_start + n * kBlockN;
+        mbar_arrive_expect_tx(sm.k_full(s), Shape::kKVBytes);
+#pragma unroll
+        for (int c = 0; c < Shape::kSub; ++c)
+            tma_load_4d(sm.k_tile(s) + c * Shape::kKVSubBytes, &tm_k, sm.k_full(s), c * 64, row, kvh, bq);
+        mbar_arrive_expect_tx(sm.v_full(s), Shape::kKVBytes);
+#pragma unroll
+        for (int c = 0; c < Shape::kSub; ++c)
+            tma_load_4d(sm.v_tile(s) + c * Shape::kKVSubBytes, &tm_v, sm.v_full(s), c * 64, row, kvh, bq);
+    }
+}
+
+/// S = Q K^T for this warpgroup's 64 rows: kD/16 wgmma steps of k16, both operands K-major.
+__device__ __forceinline__ void gemm_qk(float (&s_acc)[kBlockN / 2], const Smem& sm, int stage, int cw) {
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+        const int c = kk / 4, w = kk % 4;
+        const u64 da = wgmma_desc_sw128(sm.q + c * Shape::kQSubBytes + cw * 64 * 128 + w * 32, 16, 1024);
+        const u64 db = wgmma_desc_sw128(sm.k_tile(stage) + c * Shape::kKVSubBytes + w * 32, 16, 1024);
+        wgmma_ss_n128<0>(s_acc, da, db, kk > 0 ? 1 : 0);
+    }
+    wgmma_commit();
+}
+
+/// O += P V: kBlockN/16 wgmma steps, P from registers, V read N-major (the head dim contiguous);
+/// the two 64-column halves of V (D = 128) are kKVSubBytes apart (leading byte offset).
+template <int D>
+__device__ __forceinline__ void gemm_pv(float (&o)[D / 2], const u32 (&pf)[kBlockN / 16][4],
+                                        const Smem& sm, int stage) {
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        const u64 db = wgmma_desc_sw128(sm.v_tile(stage) + kk * 16 * 128, Shape::kKVSubBytes, 1024);
+        if constexpr (D == 128) {
+            wgmma_rs_n128<1>(o, pf[kk], db, 1);
+        } else {
+            wgmma_rs_n64<1>(o, pf[kk], db, 1);
+        }
+    }
+    wgmma_commit();
+}
+
+/// P = sigmoid(scale * S + bias) with the masks applied, packed to 16-bit A fragments.
+/// Accumulator element 4j + r of a thread sits at row (lane/4 + 8*(r/2)) and column
+/// (8j + 2*(lane%4) + r%2) of the warp's 16 x kBlockN slice; fragment kk of the next wgmma takes
+/// columns 16kk..16kk+15 in the same thread, so no data moves between threads.
+__device__ __forceinline__ void sigmoid_to_fragments(float (&s_acc)[kBlockN / 2], u32 (&pf)[kBlockN / 16][4],
+                                                     SigmoidCoef coef, bool masked, int row0, int col0,
+                                                     int len_k, int causal) {
+#pragma unroll
+    for (int e = 0; e < kBlockN / 2; ++e) {
+        float v = sigmoid_from_qk(s_acc[e], coef);
+        if (masked) {
+            const int col = col0 + 8 * (e / 4) + (e & 1);
+            const int row = row0 + 8 * ((e >> 1) & 1);
+            const bool keep = col < len_k && (!causal || col <= row);
+            v = keep ? v : 0.0f;
+        }
+        s_acc[e] = v;
+    }
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        pf[kk][0] = pack2(s_acc[8 * kk + 0], s_acc[8 * kk + 1]);
+        pf[kk][1] = pack2(s_acc[8 * kk + 2], s_acc[8 * kk + 3]);
+        pf[kk][2] = pack2(s_acc[8 * kk + 4], s_acc[8 * kk + 5]);
+        pf[kk][3] = pack2(s_acc[8 * kk + 6], s_acc[8 * kk + 7]);
+    }
+}
+
+/// Writes this thread's rows of O (predicated: rows < seq.rows; zeros for rows >= len_q).
+__device__ __forceinline__ void store_o(const float (&o)[kD / 2], const FwdParams& p, const SeqInfo& seq,
+                                        int row0, int lane, int h, int b) {
+    unsigned char* base = reinterpret_cast<unsigned char*>(p.o_ptr) +
+                          2 * (static_cast<long long>(b) * p.o_stride_batch +
+                               static_cast<long long>(h) * p.o_stride_head);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int i = row0 + 8 * half;
+        if (i < seq.rows) {
+            const bool zero = i >= seq.len_q;
+            unsigned char* row = base + 2 * (static_cast<long long>(seq.q_start + i) * p.o_stride_seq);
+#pragma unroll
+            for (int j = 0; j < kD / 8; ++j) {
+                const int col = 8 * j + 2 * (lane % 4);
+                const u32 v = zero ? 0u : pack2(o[4 * j + 2 * half], o[4 * j + 2 * half + 1]);
+                st_global_b32(row + 2 * col, v);
+            }
+        }
+    }
+}
+
+/// Consumer warpgroup cw (0-based): 64 query rows through the whole K/V range.
+__device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, const SeqInfo& seq,
+                                        TileRange tr, int m_block, int cw, int h, int b) {
+    const int t = threadIdx.x % 128;
+    const int lane = t % 32;
+    const int warp = t / 32;
+    // Row (within the sequence) of this thread's accumulator elements with r/2 == 0.
+    const int row0 = m_block * kBlockM + cw * 64 + warp * 16 + lane / 4;
+    const int wg_first_row = m_block * kBlockM + cw * 64;
+
+    float o[kD / 2];
+#pragma unroll
+    for (int i = 0; i < kD / 2; ++i) o[i] = 0.0f;
+
+    if (tr.has_work) {
+        const SigmoidCoef coef = sigmoid_coef(p.scale, seq.bias);
+        mbar_wait(sm.q_full(), 0);
+        for (int n = 0; n < tr.n_end; ++n) {
+            const int s = n % kStages;
+            const u32 phase = (n / kStages) & 1;
+            float s_acc[kBlockN / 2];
+            mbar_wait(sm.k_full(s), phase);
+            gemm_qk(s_acc, sm, s, cw);
+            wgmma_wait<0>();
+            reg_fence(s_acc);
+
+            // Masking is needed on the tail tile and on tiles crossing this warpgroup's diagonal.
+            const int key_end = (n + 1) * kBlockN;
+            const bool masked = key_end > seq.len_k || (p.causal && key_end - 1 > wg_first_row);
+            u32 pf[kBlockN / 16][4];
+            sigmoid_to_fragments(s_acc, pf, coef, masked, row0, n * kBlockN + 2 * (lane % 4), seq.len_k,
+                                 p.causal);
+
+            mbar_wait(sm.v_full(s), phase);
+            gemm_pv<kD>(o, pf, sm, s);
+            wgmma_wait<0>();
+            reg_fence(o);
+            if (lane == 0) mbar_arrive(sm.kv_empty(s));
+        }
+    }
+    store_o(o, p, seq, row0, lane, h, b);
+}
+
+}  // namespace sa
+
+using namespace sa;
+
+/// Grid: (query tiles, heads, batch). Block: Shape::kThreads. Dynamic shared memory:
+/// Shape::kSmemBytes.
+extern "C" __global__ void __launch_bounds__(Shape::kThreads, 1)
+    sigmoid_attn_fwd(const __grid_constant__ TensorMap tm_q, const __grid_constant__ TensorMap tm_k,
+                     const __grid_constant__ TensorMap tm_v, const __grid_constant__ FwdParams p) {
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    const Smem sm((smem_addr(smem_raw) + 1023u) & ~1023u);
+
+    const int m_block = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const SeqInfo seq = load_seq(p, b);
+    if (m_block * kBlockM >= seq.rows) return;  // uniform over the CTA, before any barrier
+    const TileRange tr = kv_tile_range(seq, m_block, p.causal);
+
+    if (threadIdx.x == 0) {
+        mbar_init(sm.q_full(), 1);
+        for (int s = 0; s < kStages; ++s) {
+            mbar_init(sm.k_full(s), 1);
+            mbar_init(sm.v_full(s), 1);
+            mbar_init(sm.kv_empty(s), 4 * Shape::kConsumers);  // one arrival per consumer warp
+        }
+        fence_barrier_init();
+    }
+    __syncthreads();
+
+    const int wg = threadIdx.x / 128;
+    if (wg == 0) {
+        regs_decrease<kProducerRegs>();
+        if (threadIdx.x == 0 && tr.has_work) produce(tm_q, tm_k, tm_v, p, sm, seq, tr, m_block, h, b);
+    } else {
+        regs_increase<kConsumerRegs>();
+        consume(p, sm, seq, tr, m_block, wg - 1, h, b);
+    }
+}

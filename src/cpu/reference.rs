@@ -1,0 +1,317 @@
+//! The f64 reference: every spec feature, blocked and parallel so it doubles as the fallback.
+//!
+//! Each (sequence, head) is gathered into contiguous f64 rows, then processed in blocks of
+//! `BLOCK_Q` queries × `BLOCK_K` keys so that the tiles stay in cache. All arithmetic is f64;
+//! results are rounded to the storage dtype only when written.
+
+use crate::{HostTensor, Plan, SeqInfo, SigmoidMode, Strides};
+use rayon::prelude::*;
+
+/// Query rows per task tile.
+const BLOCK_Q: usize = 64;
+/// Key rows per inner tile.
+const BLOCK_K: usize = 64;
+
+/// The sigmoid in f64. Both modes are the same function; `Fast` evaluates the tanh form that
+/// kernels use, so the reference exercises that formula too.
+#[inline]
+pub fn sigmoid(x: f64, mode: SigmoidMode) -> f64 {
+    match mode {
+        SigmoidMode::Fast => 0.5 * (0.5 * x).tanh() + 0.5,
+        SigmoidMode::Accurate => {
+            if x >= 0.0 {
+                1.0 / (1.0 + (-x).exp())
+            } else {
+                let e = x.exp();
+                e / (1.0 + e)
+            }
+        }
+    }
+}
+
+/// Dot product with four independent accumulators so that it vectorises.
+#[inline]
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let (ac, ar) = a.split_at(a.len() / 4 * 4);
+    let (bc, br) = b.split_at(ac.len());
+    for (x, y) in ac.chunks_exact(4).zip(bc.chunks_exact(4)) {
+        for l in 0..4 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let tail: f64 = ar.iter().zip(br).map(|(x, y)| x * y).sum();
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+/// `y += a · x`.
+#[inline]
+fn axpy(y: &mut [f64], a: f64, x: &[f64]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// Copies rows `first..first + count` of head `h` of sequence `b` into a contiguous f64 block.
+fn gather(
+    t: &HostTensor,
+    s: &Strides,
+    b: usize,
+    start: usize,
+    first: usize,
+    count: usize,
+    h: usize,
+    d: usize,
+) -> Vec<f64> {
+    let mut out = Vec::with_capacity(count * d);
+    for i in first..first + count {
+        let base = Plan::row_offset(s, b, start, i, h);
+        out.extend((0..d).map(|c| t.get(base + c)));
+    }
+    out
+}
+
+/// Writes contiguous rows back through the strides, rounding to the dtype; rows past
+/// `values.len() / d` up to `first + total` are written as zeros.
+#[allow(clippy::too_many_arguments)]
+fn scatter(
+    t: &mut HostTensor,
+    s: &Strides,
+    b: usize,
+    start: usize,
+    first: usize,
+    total: usize,
+    h: usize,
+    d: usize,
+    values: &[f64],
+) {
+    for r in 0..total {
+        let base = Plan::row_offset(s, b, start, first + r, h);
+        for c in 0..d {
+            let x = values.get(r * d + c).copied().unwrap_or(0.0);
+            t.set(base + c, x);
+        }
+    }
+}
+
+/// Keys that query row `i` may see: `0..key_end(i)`.
+#[inline]
+fn key_end(plan: &Plan, seq: &SeqInfo, i: usize) -> usize {
+    if plan.causal() {
+        seq.len_k.min(i + 1)
+    } else {
+        seq.len_k
+    }
+}
+
+/// One tile of logits turned into probabilities: `p[r][j] = σ(scale·q_r·k_j + bias)` for the
+/// visible keys of rows `i0..i0+rows` against keys `j0..j0+cols` (masked entries are 0).
+#[allow(clippy::too_many_arguments)]
+fn probabilities(
+    plan: &Plan,
+    seq: &SeqInfo,
+    bias: f64,
+    q: &[f64],
+    k: &[f64],
+    i0: usize,
+    rows: usize,
+    j0: usize,
+    cols: usize,
+    p: &mut [f64],
+) {
+    let d = plan.head_dim();
+    let scale = plan.scale() as f64;
+    let mode = plan.sigmoid();
+    for r in 0..rows {
+        let end = key_end(plan, seq, i0 + r);
+        let qr = &q[r * d..(r + 1) * d];
+        for c in 0..cols {
+            let j = j0 + c;
+            p[r * cols + c] = if j < end {
+                sigmoid(scale * dot(qr, &k[j * d..(j + 1) * d]) + bias, mode)
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
+/// One unit of parallel work: a block of query rows of one (sequence, query head).
+#[derive(Clone, Copy)]
+struct Tile {
+    b: usize,
+    h: usize,
+    i0: usize,
+    rows: usize,
+}
+
+fn query_tiles(plan: &Plan) -> Vec<Tile> {
+    let mut tiles = Vec::new();
+    for (b, seq) in plan.seqs().iter().enumerate() {
+        for h in 0..plan.heads() {
+            for i0 in (0..seq.len_q).step_by(BLOCK_Q) {
+                tiles.push(Tile {
+                    b,
+                    h,
+                    i0,
+                    rows: BLOCK_Q.min(seq.len_q - i0),
+                });
+            }
+        }
+    }
+    tiles
+}
+
+/// Forward pass in f64; writes every covered row of `o`.
+pub fn forward(plan: &Plan, q: &HostTensor, k: &HostTensor, v: &HostTensor, o: &mut HostTensor) {
+    let d = plan.head_dim();
+    let st = plan.strides();
+    let tiles = query_tiles(plan);
+    let results: Vec<Vec<f64>> = tiles
+        .par_iter()
+        .map(|t| {
+            let seq = &plan.seqs()[t.b];
+            let hk = t.h / plan.group_size();
+            let kv_len = key_end(plan, seq, t.i0 + t.rows - 1);
+            let qb = gather(q, &st.q, t.b, seq.q_start, t.i0, t.rows, t.h, d);
+            let kb = gather(k, &st.k, t.b, seq.k_start, 0, kv_len, hk, d);
+            let vb = gather(v, &st.v, t.b, seq.k_start, 0, kv_len, hk, d);
+            let bias = plan.bias()[t.b] as f64;
+            let mut out = vec![0.0; t.rows * d];
+            let mut p = vec![0.0; t.rows * BLOCK_K];
+            for j0 in (0..kv_len).step_by(BLOCK_K) {
+                let cols = BLOCK_K.min(kv_len - j0);
+                probabilities(plan, seq, bias, &qb, &kb, t.i0, t.rows, j0, cols, &mut p);
+                for r in 0..t.rows {
+                    let orow = &mut out[r * d..(r + 1) * d];
+                    for c in 0..cols {
+                        let pv = p[r * cols + c];
+                        if pv != 0.0 {
+                            let j = j0 + c;
+                            axpy(orow, pv, &vb[j * d..(j + 1) * d]);
+                        }
+                    }
+                }
+            }
+            out
+        })
+        .collect();
+    for (t, out) in tiles.iter().zip(&results) {
+        let seq = &plan.seqs()[t.b];
+        scatter(o, &st.o, t.b, seq.q_start, t.i0, t.rows, t.h, d, out);
+    }
+    // Rows past each sequence's valid length are zeros.
+    for (b, seq) in plan.seqs().iter().enumerate() {
+        for h in 0..plan.heads() {
+            let pad = seq.rows_q - seq.len_q;
+            scatter(o, &st.o, b, seq.q_start, seq.len_q, pad, h, d, &[]);
+        }
+    }
+}
+
+/// Backward outputs of one parallel task: a query tile's dQ, and its contributions to the
+/// (sequence, kv head)'s dK, dV and the sequence's d_bias.
+struct TileGrads {
+    dq: Vec<f64>,
+    dk: Vec<f64>,
+    dv: Vec<f64>,
+    dbias: f64,
+}
+
+/// Gradients in f64. `d_bias`, when given, receives one f32 per sequence.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    plan: &Plan,
+    q: &HostTensor,
+    k: &HostTensor,
+    v: &HostTensor,
+    d_o: &HostTensor,
+    dq: &mut HostTensor,
+    dk: &mut HostTensor,
+    dv: &mut HostTensor,
+    d_bias: Option<&mut HostTensor>,
+) {
+    let d = plan.head_dim();
+    let st = plan.strides();
+    let scale = plan.scale() as f64;
+    let tiles = query_tiles(plan);
+    let grads: Vec<TileGrads> = tiles
+        .par_iter()
+        .map(|t| {
+            let seq = &plan.seqs()[t.b];
+            let hk = t.h / plan.group_size();
+            let kv_len = key_end(plan, seq, t.i0 + t.rows - 1);
+            let qb = gather(q, &st.q, t.b, seq.q_start, t.i0, t.rows, t.h, d);
+            let dob = gather(d_o, &st.o, t.b, seq.q_start, t.i0, t.rows, t.h, d);
+            let kb = gather(k, &st.k, t.b, seq.k_start, 0, kv_len, hk, d);
+            let vb = gather(v, &st.v, t.b, seq.k_start, 0, kv_len, hk, d);
+            let bias = plan.bias()[t.b] as f64;
+            let mut g = TileGrads {
+                dq: vec![0.0; t.rows * d],
+                dk: vec![0.0; kv_len * d],
+                dv: vec![0.0; kv_len * d],
+                dbias: 0.0,
+            };
+            let mut p = vec![0.0; t.rows * BLOCK_K];
+            for j0 in (0..kv_len).step_by(BLOCK_K) {
+                let cols = BLOCK_K.min(kv_len - j0);
+                probabilities(plan, seq, bias, &qb, &kb, t.i0, t.rows, j0, cols, &mut p);
+                for r in 0..t.rows {
+                    let (qr, dor) = (&qb[r * d..(r + 1) * d], &dob[r * d..(r + 1) * d]);
+                    for c in 0..cols {
+                        let pv = p[r * cols + c];
+                        if pv == 0.0 {
+                            continue;
+                        }
+                        let j = j0 + c;
+                        let (krow, vrow) = (&kb[j * d..(j + 1) * d], &vb[j * d..(j + 1) * d]);
+                        let ds = dot(dor, vrow) * pv * (1.0 - pv);
+                        g.dbias += ds;
+                        axpy(&mut g.dq[r * d..(r + 1) * d], scale * ds, krow);
+                        axpy(&mut g.dk[j * d..(j + 1) * d], scale * ds, qr);
+                        axpy(&mut g.dv[j * d..(j + 1) * d], pv, dor);
+                    }
+                }
+            }
+            g
+        })
+        .collect();
+
+    // dQ: each tile owns its rows.
+    for (t, g) in tiles.iter().zip(&grads) {
+        let seq = &plan.seqs()[t.b];
+        scatter(dq, &st.q, t.b, seq.q_start, t.i0, t.rows, t.h, d, &g.dq);
+    }
+    // dK, dV: sum the tiles of each (sequence, kv head) in a fixed order (deterministic).
+    let g_size = plan.group_size();
+    for (b, seq) in plan.seqs().iter().enumerate() {
+        for h in 0..plan.heads() {
+            scatter(dq, &st.q, b, seq.q_start, seq.len_q, seq.rows_q - seq.len_q, h, d, &[]);
+        }
+        for hk in 0..plan.kv_heads() {
+            let mut dk_acc = vec![0.0; seq.len_k * d];
+            let mut dv_acc = vec![0.0; seq.len_k * d];
+            for (t, g) in tiles.iter().zip(&grads) {
+                if t.b == b && t.h / g_size == hk {
+                    for (a, x) in dk_acc.iter_mut().zip(&g.dk) {
+                        *a += x;
+                    }
+                    for (a, x) in dv_acc.iter_mut().zip(&g.dv) {
+                        *a += x;
+                    }
+                }
+            }
+            scatter(dk, &st.k, b, seq.k_start, 0, seq.rows_k, hk, d, &dk_acc);
+            scatter(dv, &st.v, b, seq.k_start, 0, seq.rows_k, hk, d, &dv_acc);
+        }
+    }
+    if let Some(db) = d_bias {
+        let mut sums = vec![0.0f64; plan.batch()];
+        for (t, g) in tiles.iter().zip(&grads) {
+            sums[t.b] += g.dbias;
+        }
+        for (b, s) in sums.iter().enumerate() {
+            db.set(b, *s);
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The portable backend: WGSL kernels on wgpu (Vulkan, Metal, DX12).
