@@ -34,7 +34,7 @@ MODES = {"fast": [], "accurate": ["-DSA_ACCURATE"]}
 BASE_OPTIONS = ["--gpu-architecture=sm_90a", "-std=c++17", "--ptxas-options=-v", "-default-device"]
 
 # ptxas messages that mean the tensor-core pipeline was broken up or registers went to memory.
-BAD_PATTERNS = [r"C7515", r"C7510", r"C7508", r"[Ss]erializ", r"Potential Performance Loss"]
+BAD_PATTERNS = [r"C751\d", r"C7508", r"[Ss]erializ", r"Potential Performance Loss"]
 
 INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 

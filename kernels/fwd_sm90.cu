@@ -147,13 +147,11 @@ __device__ __forceinline__ void gemm_pv(float (&o)[D / 2], const u32 (&pf)[kBloc
     wgmma_commit();
 }
 
-/// P = sigmoid(scale * S + bias) with the masks applied, packed to 16-bit A fragments.
+/// P = sigmoid(scale * S + bias) in place, with the masks applied.
 /// Accumulator element 4j + r of a thread sits at row (lane/4 + 8*(r/2)) and column
-/// (8j + 2*(lane%4) + r%2) of the warp's 16 x kBlockN slice; fragment kk of the next wgmma takes
-/// columns 16kk..16kk+15 in the same thread, so no data moves between threads.
-__device__ __forceinline__ void sigmoid_to_fragments(float (&s_acc)[kBlockN / 2], u32 (&pf)[kBlockN / 16][4],
-                                                     SigmoidCoef coef, bool masked, int row0, int col0,
-                                                     int len_k, int causal) {
+/// (8j + 2*(lane%4) + r%2) of the warp's 16 x kBlockN slice.
+__device__ __forceinline__ void sigmoid_mask(float (&s_acc)[kBlockN / 2], SigmoidCoef coef, bool masked,
+                                             int row0, int col0, int len_k, int causal) {
 #pragma unroll
     for (int e = 0; e < kBlockN / 2; ++e) {
         float v = sigmoid_from_qk(s_acc[e], coef);
@@ -165,6 +163,11 @@ __device__ __forceinline__ void sigmoid_to_fragments(float (&s_acc)[kBlockN / 2]
         }
         s_acc[e] = v;
     }
+}
+
+/// Packs P to 16-bit wgmma A fragments: fragment kk takes columns 16kk..16kk+15, which this
+/// thread already holds in the accumulator layout, so no data moves between threads.
+__device__ __forceinline__ void pack_fragments(const float (&s_acc)[kBlockN / 2], u32 (&pf)[kBlockN / 16][4]) {
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
         pf[kk][0] = pack2(s_acc[8 * kk + 0], s_acc[8 * kk + 1]);
@@ -212,29 +215,66 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
 
     if (tr.has_work) {
         const SigmoidCoef coef = sigmoid_coef(p.scale, seq.bias);
+        const int col_lane = 2 * (lane % 4);
+        // Masking is needed on the tail tile and on tiles crossing this warpgroup's diagonal.
+        auto needs_mask = [&](int n) {
+            const int key_end = (n + 1) * kBlockN;
+            return key_end > seq.len_k || (p.causal && key_end - 1 > wg_first_row);
+        };
+        float s_acc[kBlockN / 2];
+        u32 pf[kBlockN / 16][4];
         mbar_wait(sm.q_full(), 0);
+#if defined(SA_SIMPLE)
+        // Reference schedule: every wgmma group is waited for at once.
         for (int n = 0; n < tr.n_end; ++n) {
             const int s = n % kStages;
             const u32 phase = (n / kStages) & 1;
-            float s_acc[kBlockN / 2];
             mbar_wait(sm.k_full(s), phase);
             gemm_qk(s_acc, sm, s, cw);
             wgmma_wait<0>();
             reg_fence(s_acc);
-
-            // Masking is needed on the tail tile and on tiles crossing this warpgroup's diagonal.
-            const int key_end = (n + 1) * kBlockN;
-            const bool masked = key_end > seq.len_k || (p.causal && key_end - 1 > wg_first_row);
-            u32 pf[kBlockN / 16][4];
-            sigmoid_to_fragments(s_acc, pf, coef, masked, row0, n * kBlockN + 2 * (lane % 4), seq.len_k,
-                                 p.causal);
-
+            sigmoid_mask(s_acc, coef, needs_mask(n), row0, n * kBlockN + col_lane, seq.len_k, p.causal);
+            pack_fragments(s_acc, pf);
             mbar_wait(sm.v_full(s), phase);
             gemm_pv<kD>(o, pf, sm, s);
             wgmma_wait<0>();
             reg_fence(o);
             if (lane == 0) mbar_arrive(sm.kv_empty(s));
         }
+#else
+        // Overlapped schedule: S(n+1) = Q K(n+1)^T is issued before O += P(n) V(n); the sigmoid of
+        // S(n+1) then runs on the SFU while P(n) V(n) is still on the tensor cores. O is never
+        // rescaled, so nothing waits for the PV product except the reuse of the P registers.
+        mbar_wait(sm.k_full(0), 0);
+        gemm_qk(s_acc, sm, 0, cw);
+        wgmma_wait<0>();
+        reg_fence(s_acc);
+        sigmoid_mask(s_acc, coef, needs_mask(0), row0, col_lane, seq.len_k, p.causal);
+        pack_fragments(s_acc, pf);
+        for (int n = 0; n + 1 < tr.n_end; ++n) {
+            const int s = n % kStages, s1 = (n + 1) % kStages;
+            mbar_wait(sm.k_full(s1), ((n + 1) / kStages) & 1);
+            gemm_qk(s_acc, sm, s1, cw);
+            mbar_wait(sm.v_full(s), (n / kStages) & 1);
+            gemm_pv<kD>(o, pf, sm, s);
+            wgmma_wait<1>();  // S(n+1) is done; P(n) V(n) may still run
+            reg_fence(s_acc);
+            sigmoid_mask(s_acc, coef, needs_mask(n + 1), row0, (n + 1) * kBlockN + col_lane, seq.len_k,
+                         p.causal);
+            wgmma_wait<0>();
+            reg_fence(o);
+            if (lane == 0) mbar_arrive(sm.kv_empty(s));
+            pack_fragments(s_acc, pf);
+        }
+        {
+            const int n = tr.n_end - 1, s = n % kStages;
+            mbar_wait(sm.v_full(s), (n / kStages) & 1);
+            gemm_pv<kD>(o, pf, sm, s);
+            wgmma_wait<0>();
+            reg_fence(o);
+            if (lane == 0) mbar_arrive(sm.kv_empty(s));
+        }
+#endif
     }
     store_o(o, p, seq, row0, lane, h, b);
 }
