@@ -386,11 +386,7 @@ fn tensor_extent(
     heads: usize,
     d: usize,
 ) -> Result<usize> {
-    let dims = [
-        (s.batch, batch_extent),
-        (s.seq, rows),
-        (s.head, heads),
-    ];
+    let dims = [(s.batch, batch_extent), (s.seq, rows), (s.head, heads)];
     let mut last = 0usize;
     for &(stride, extent) in &dims {
         if extent > 1 {
@@ -479,8 +475,14 @@ impl Plan {
             } => (
                 check_cu_seqlens(cu_seqlens_q, p.batch, p.seq_q, "q")?,
                 check_cu_seqlens(cu_seqlens_k, p.batch, p.seq_k, "k")?,
-                cu_seqlens_q[..p.batch].iter().map(|&x| x as usize).collect(),
-                cu_seqlens_k[..p.batch].iter().map(|&x| x as usize).collect(),
+                cu_seqlens_q[..p.batch]
+                    .iter()
+                    .map(|&x| x as usize)
+                    .collect(),
+                cu_seqlens_k[..p.batch]
+                    .iter()
+                    .map(|&x| x as usize)
+                    .collect(),
             ),
         };
         let seqs: Vec<SeqInfo> = (0..p.batch)

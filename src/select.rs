@@ -117,8 +117,13 @@ fn backward_on<B: Backend>(
 
 /// Host-slice runs on one backend, type-erased so that backends can sit in one list.
 trait HostRunner {
-    fn forward(&self, plan: &Plan, q: &HostTensor, k: &HostTensor, v: &HostTensor)
-        -> Result<Forward>;
+    fn forward(
+        &self,
+        plan: &Plan,
+        q: &HostTensor,
+        k: &HostTensor,
+        v: &HostTensor,
+    ) -> Result<Forward>;
     #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,

@@ -81,9 +81,7 @@ impl Backend for CpuBackend {
         if let Some(db) = a.d_bias.as_deref() {
             plan.check_buffer("d_bias", db.dtype(), db.len(), DType::F32, plan.batch())?;
         }
-        reference::backward(
-            plan, a.q, a.k, a.v, a.d_o, a.dq, a.dk, a.dv, a.d_bias,
-        );
+        reference::backward(plan, a.q, a.k, a.v, a.d_o, a.dq, a.dk, a.dv, a.d_bias);
         Ok(())
     }
 

@@ -286,7 +286,17 @@ pub fn backward(
     let g_size = plan.group_size();
     for (b, seq) in plan.seqs().iter().enumerate() {
         for h in 0..plan.heads() {
-            scatter(dq, &st.q, b, seq.q_start, seq.len_q, seq.rows_q - seq.len_q, h, d, &[]);
+            scatter(
+                dq,
+                &st.q,
+                b,
+                seq.q_start,
+                seq.len_q,
+                seq.rows_q - seq.len_q,
+                h,
+                d,
+                &[],
+            );
         }
         for hk in 0..plan.kv_heads() {
             let mut dk_acc = vec![0.0; seq.len_k * d];
