@@ -456,6 +456,30 @@ impl Plan {
             }
         }
 
+        // Sizes first: they bound everything allocated below.
+        let d = p.head_dim;
+        let strides = match p.layout {
+            Layout::Strided(s) => s,
+            l => TensorStrides {
+                q: standard_strides(l, packed, p.seq_q, p.heads, d),
+                k: standard_strides(l, packed, p.seq_k, p.kv_heads, d),
+                v: standard_strides(l, packed, p.seq_k, p.kv_heads, d),
+                o: standard_strides(l, packed, p.seq_q, p.heads, d),
+            },
+        };
+        let batch_extent = if packed { 1 } else { p.batch };
+        let elems = [
+            tensor_extent("q", strides.q, batch_extent, p.seq_q, p.heads, d)?,
+            tensor_extent("k", strides.k, batch_extent, p.seq_k, p.kv_heads, d)?,
+            tensor_extent("v", strides.v, batch_extent, p.seq_k, p.kv_heads, d)?,
+            tensor_extent("o", strides.o, batch_extent, p.seq_q, p.heads, d)?,
+        ];
+        for (e, name) in elems.iter().zip(["q", "k", "v", "o"]) {
+            checked_product(&[*e, p.dtype.size_bytes()], name)?;
+            if *e > isize::MAX as usize / 8 {
+                return Err(overflow(name));
+            }
+        }
         let (lens_q, lens_k, starts_q, starts_k) = match &p.lengths {
             Lengths::Full => (
                 vec![p.seq_q; p.batch],
@@ -504,29 +528,6 @@ impl Plan {
             })
             .collect();
 
-        let d = p.head_dim;
-        let strides = match p.layout {
-            Layout::Strided(s) => s,
-            l => TensorStrides {
-                q: standard_strides(l, packed, p.seq_q, p.heads, d),
-                k: standard_strides(l, packed, p.seq_k, p.kv_heads, d),
-                v: standard_strides(l, packed, p.seq_k, p.kv_heads, d),
-                o: standard_strides(l, packed, p.seq_q, p.heads, d),
-            },
-        };
-        let batch_extent = if packed { 1 } else { p.batch };
-        let elems = [
-            tensor_extent("q", strides.q, batch_extent, p.seq_q, p.heads, d)?,
-            tensor_extent("k", strides.k, batch_extent, p.seq_k, p.kv_heads, d)?,
-            tensor_extent("v", strides.v, batch_extent, p.seq_k, p.kv_heads, d)?,
-            tensor_extent("o", strides.o, batch_extent, p.seq_q, p.heads, d)?,
-        ];
-        for (e, name) in elems.iter().zip(["q", "k", "v", "o"]) {
-            checked_product(&[*e, p.dtype.size_bytes()], name)?;
-            if *e > isize::MAX as usize / 8 {
-                return Err(overflow(name));
-            }
-        }
         Ok(Plan {
             problem: p.clone(),
             scale,

@@ -4,7 +4,9 @@
 //! `BLOCK_Q` queries × `BLOCK_K` keys so that the tiles stay in cache. All arithmetic is f64;
 //! results are rounded to the storage dtype only when written.
 
-use crate::{HostTensor, Plan, SeqInfo, SigmoidMode, Strides};
+#[cfg(doc)]
+use crate::SigmoidMode;
+use crate::{HostTensor, Plan, SeqInfo, Strides};
 use rayon::prelude::*;
 
 /// Query rows per task tile.
@@ -12,20 +14,54 @@ const BLOCK_Q: usize = 64;
 /// Key rows per inner tile.
 const BLOCK_K: usize = 64;
 
-/// The sigmoid in f64. Both modes are the same function; `Fast` evaluates the tanh form that
-/// kernels use, so the reference exercises that formula too.
+/// The sigmoid in f64, stable over the whole range. Both [`SigmoidMode`]s name this same
+/// function; the reference evaluates it exactly for either. (The tanh form that fast kernels use,
+/// `0.5·tanh(0.5x) + 0.5`, cancels catastrophically for very negative x even in f64: at
+/// x = −30 it is off by 2e-4 relative.)
 #[inline]
-pub fn sigmoid(x: f64, mode: SigmoidMode) -> f64 {
-    match mode {
-        SigmoidMode::Fast => 0.5 * (0.5 * x).tanh() + 0.5,
-        SigmoidMode::Accurate => {
-            if x >= 0.0 {
-                1.0 / (1.0 + (-x).exp())
-            } else {
-                let e = x.exp();
-                e / (1.0 + e)
-            }
-        }
+pub fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// Element access to a flat tensor, so that the reference runs on stored dtypes and on plain
+/// f64 slices (for finite-difference checks) alike.
+pub trait Store: Sync {
+    /// Element `i` as f64.
+    fn get(&self, i: usize) -> f64;
+}
+
+/// A flat tensor the reference writes into.
+pub trait StoreMut: Store {
+    /// Stores `x` (rounded to the storage type) at element `i`.
+    fn set(&mut self, i: usize, x: f64);
+}
+
+impl Store for HostTensor {
+    fn get(&self, i: usize) -> f64 {
+        HostTensor::get(self, i)
+    }
+}
+
+impl StoreMut for HostTensor {
+    fn set(&mut self, i: usize, x: f64) {
+        HostTensor::set(self, i, x)
+    }
+}
+
+impl Store for [f64] {
+    fn get(&self, i: usize) -> f64 {
+        self[i]
+    }
+}
+
+impl StoreMut for [f64] {
+    fn set(&mut self, i: usize, x: f64) {
+        self[i] = x
     }
 }
 
@@ -53,8 +89,8 @@ fn axpy(y: &mut [f64], a: f64, x: &[f64]) {
 }
 
 /// Copies rows `first..first + count` of head `h` of sequence `b` into a contiguous f64 block.
-fn gather(
-    t: &HostTensor,
+fn gather<T: Store + ?Sized>(
+    t: &T,
     s: &Strides,
     b: usize,
     start: usize,
@@ -74,8 +110,8 @@ fn gather(
 /// Writes contiguous rows back through the strides, rounding to the dtype; rows past
 /// `values.len() / d` up to `first + total` are written as zeros.
 #[allow(clippy::too_many_arguments)]
-fn scatter(
-    t: &mut HostTensor,
+fn scatter<T: StoreMut + ?Sized>(
+    t: &mut T,
     s: &Strides,
     b: usize,
     start: usize,
@@ -121,14 +157,13 @@ fn probabilities(
 ) {
     let d = plan.head_dim();
     let scale = plan.scale() as f64;
-    let mode = plan.sigmoid();
     for r in 0..rows {
         let end = key_end(plan, seq, i0 + r);
         let qr = &q[r * d..(r + 1) * d];
         for c in 0..cols {
             let j = j0 + c;
             p[r * cols + c] = if j < end {
-                sigmoid(scale * dot(qr, &k[j * d..(j + 1) * d]) + bias, mode)
+                sigmoid(scale * dot(qr, &k[j * d..(j + 1) * d]) + bias)
             } else {
                 0.0
             };
@@ -162,8 +197,15 @@ fn query_tiles(plan: &Plan) -> Vec<Tile> {
     tiles
 }
 
-/// Forward pass in f64; writes every covered row of `o`.
-pub fn forward(plan: &Plan, q: &HostTensor, k: &HostTensor, v: &HostTensor, o: &mut HostTensor) {
+/// Forward pass in f64; writes every covered row of `o` (rows past a sequence's valid length
+/// as zeros). Inputs may be stored tensors or f64 slices.
+pub fn forward<T: Store + ?Sized, U: StoreMut + ?Sized>(
+    plan: &Plan,
+    q: &T,
+    k: &T,
+    v: &T,
+    o: &mut U,
+) {
     let d = plan.head_dim();
     let st = plan.strides();
     let tiles = query_tiles(plan);
@@ -218,18 +260,18 @@ struct TileGrads {
     dbias: f64,
 }
 
-/// Gradients in f64. `d_bias`, when given, receives one f32 per sequence.
+/// Gradients in f64. `d_bias`, when given, receives one value per sequence.
 #[allow(clippy::too_many_arguments)]
-pub fn backward(
+pub fn backward<T: Store + ?Sized, U: StoreMut + ?Sized>(
     plan: &Plan,
-    q: &HostTensor,
-    k: &HostTensor,
-    v: &HostTensor,
-    d_o: &HostTensor,
-    dq: &mut HostTensor,
-    dk: &mut HostTensor,
-    dv: &mut HostTensor,
-    d_bias: Option<&mut HostTensor>,
+    q: &T,
+    k: &T,
+    v: &T,
+    d_o: &T,
+    dq: &mut U,
+    dk: &mut U,
+    dv: &mut U,
+    d_bias: Option<&mut U>,
 ) {
     let d = plan.head_dim();
     let st = plan.strides();
