@@ -60,3 +60,8 @@ pub use select::{attention, attention_backward, Forward, Gradients};
 pub mod cuda;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
+
+/// The README's examples compile and run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
