@@ -79,4 +79,17 @@ pub trait Backend {
 
     /// Waits until all submitted work has finished.
     fn synchronize(&self) -> Result<()>;
+
+    /// Milliseconds the device spends on the work that `enqueue` submits.
+    ///
+    /// The default waits for the device, runs `enqueue`, waits again and reads the wall clock;
+    /// GPU backends override it with their own clock (CUDA events, wgpu timestamp queries) so
+    /// that benchmarks measure kernels, not submission.
+    fn time_ms(&self, enqueue: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        self.synchronize()?;
+        let start = std::time::Instant::now();
+        enqueue()?;
+        self.synchronize()?;
+        Ok(start.elapsed().as_secs_f64() * 1e3)
+    }
 }
