@@ -7,6 +7,7 @@
 //! cargo run --release --example quickstart -- 1 4096 8 64 # B N H D
 //! ```
 
+use sigmoid_attn::cpu::reference::rows;
 use sigmoid_attn::{attention, DType, HostTensor, Lengths, Plan, Problem};
 use std::time::Instant;
 
@@ -75,31 +76,16 @@ fn check_sample(
     o: &HostTensor,
 ) -> f64 {
     let st = plan.strides();
-    let d = plan.head_dim();
     let mut worst: f64 = 0.0;
     for s in 0..16 {
         let b = s % plan.batch();
         let h = (s * 5) % plan.heads();
         let seq = plan.seqs()[b];
         let i = (s * 7727) % seq.rows_q;
-        let hk = h / plan.group_size();
-        let qo = Plan::row_offset(&st.q, b, seq.q_start, i, h);
-        let oo = Plan::row_offset(&st.o, b, seq.q_start, i, h);
-        let mut row = vec![0.0f64; d];
-        if i < seq.len_q {
-            for j in 0..seq.len_k {
-                let ko = Plan::row_offset(&st.k, b, seq.k_start, j, hk);
-                let vo = Plan::row_offset(&st.v, b, seq.k_start, j, hk);
-                let dot: f64 = (0..d).map(|c| q.get(qo + c) * k.get(ko + c)).sum();
-                let x = plan.scale() as f64 * dot + plan.bias()[b] as f64;
-                let p = 1.0 / (1.0 + (-x).exp());
-                for (c, r) in row.iter_mut().enumerate() {
-                    *r += p * v.get(vo + c);
-                }
-            }
-        }
-        for (c, r) in row.iter().enumerate() {
-            worst = worst.max((o.get(oo + c) - r).abs());
+        let expected = rows::output(plan, q, k, v, b, h, i);
+        let base = Plan::row_offset(&st.o, b, seq.q_start, i, h);
+        for (c, e) in expected.iter().enumerate() {
+            worst = worst.max((o.get(base + c) - e).abs());
         }
     }
     worst

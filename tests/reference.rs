@@ -227,3 +227,56 @@ fn dtype_round_trip_is_exact_for_representable_values() {
         assert_eq!(HostTensor::from_bytes(dt, t.as_bytes()), t);
     }
 }
+
+#[test]
+fn spot_check_rows_match_the_full_reference() {
+    let p = Problem::new(2, 9, 4, 5)
+        .with_kv_heads(2)
+        .with_causal(true)
+        .with_lengths(Lengths::padded(&[7, 9]))
+        .with_dtype(DType::F32);
+    let plan = p.plan().unwrap();
+    let (q, k, v, g) = (
+        values(plan.q_elems(), 5),
+        values(plan.k_elems(), 6),
+        values(plan.v_elems(), 7),
+        values(plan.o_elems(), 8),
+    );
+    let o = forward_f64(&p, &q, &k, &v);
+    let mut dq = vec![f64::NAN; plan.q_elems()];
+    let mut dk = vec![f64::NAN; plan.k_elems()];
+    let mut dv = vec![f64::NAN; plan.v_elems()];
+    reference::backward(
+        &plan,
+        q.as_slice(),
+        &k,
+        &v,
+        &g,
+        dq.as_mut_slice(),
+        &mut dk,
+        &mut dv,
+        None,
+    );
+    let st = plan.strides();
+    let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12);
+    for b in 0..2 {
+        for h in 0..4 {
+            for i in 0..9 {
+                let oo = sigmoid_attn::Plan::row_offset(&st.o, b, 0, i, h);
+                let row = reference::rows::output(&plan, q.as_slice(), &k, &v, b, h, i);
+                assert!(close(&row, &o[oo..oo + 5]), "o b{b} h{h} i{i}");
+                let qo = sigmoid_attn::Plan::row_offset(&st.q, b, 0, i, h);
+                let row = reference::rows::dq(&plan, q.as_slice(), &k, &v, &g, b, h, i);
+                assert!(close(&row, &dq[qo..qo + 5]), "dq b{b} h{h} i{i}");
+            }
+        }
+        for hk in 0..2 {
+            for j in 0..9 {
+                let ko = sigmoid_attn::Plan::row_offset(&st.k, b, 0, j, hk);
+                let (rk, rv) = reference::rows::dk_dv(&plan, q.as_slice(), &k, &v, &g, b, hk, j);
+                assert!(close(&rk, &dk[ko..ko + 5]), "dk b{b} hk{hk} j{j}");
+                assert!(close(&rv, &dv[ko..ko + 5]), "dv b{b} hk{hk} j{j}");
+            }
+        }
+    }
+}

@@ -367,3 +367,112 @@ pub fn backward<T: Store + ?Sized, U: StoreMut + ?Sized>(
         }
     }
 }
+
+/// Spot checks of problems too large for the full reference: single rows by the definition.
+pub mod rows {
+    use super::{dot, key_end, sigmoid, Store};
+    use crate::Plan;
+
+    fn row<T: Store + ?Sized>(t: &T, base: usize, d: usize) -> Vec<f64> {
+        (0..d).map(|c| t.get(base + c)).collect()
+    }
+
+    /// Row `i` of O for sequence `b`, query head `h` (zeros for a padded row).
+    pub fn output<T: Store + ?Sized>(
+        plan: &Plan,
+        q: &T,
+        k: &T,
+        v: &T,
+        b: usize,
+        h: usize,
+        i: usize,
+    ) -> Vec<f64> {
+        let (st, d, seq) = (plan.strides(), plan.head_dim(), plan.seqs()[b]);
+        let hk = h / plan.group_size();
+        let mut out = vec![0.0; d];
+        if i >= seq.len_q {
+            return out;
+        }
+        let qi = row(q, Plan::row_offset(&st.q, b, seq.q_start, i, h), d);
+        for j in 0..key_end(plan, &seq, i) {
+            let kj = row(k, Plan::row_offset(&st.k, b, seq.k_start, j, hk), d);
+            let vj = row(v, Plan::row_offset(&st.v, b, seq.k_start, j, hk), d);
+            let p = sigmoid(plan.scale() as f64 * dot(&qi, &kj) + plan.bias()[b] as f64);
+            for (o, x) in out.iter_mut().zip(&vj) {
+                *o += p * x;
+            }
+        }
+        out
+    }
+
+    /// Row `i` of dQ for sequence `b`, query head `h`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dq<T: Store + ?Sized>(
+        plan: &Plan,
+        q: &T,
+        k: &T,
+        v: &T,
+        d_o: &T,
+        b: usize,
+        h: usize,
+        i: usize,
+    ) -> Vec<f64> {
+        let (st, d, seq) = (plan.strides(), plan.head_dim(), plan.seqs()[b]);
+        let hk = h / plan.group_size();
+        let scale = plan.scale() as f64;
+        let mut out = vec![0.0; d];
+        if i >= seq.len_q {
+            return out;
+        }
+        let qi = row(q, Plan::row_offset(&st.q, b, seq.q_start, i, h), d);
+        let doi = row(d_o, Plan::row_offset(&st.o, b, seq.q_start, i, h), d);
+        for j in 0..key_end(plan, &seq, i) {
+            let kj = row(k, Plan::row_offset(&st.k, b, seq.k_start, j, hk), d);
+            let vj = row(v, Plan::row_offset(&st.v, b, seq.k_start, j, hk), d);
+            let p = sigmoid(scale * dot(&qi, &kj) + plan.bias()[b] as f64);
+            let ds = dot(&doi, &vj) * p * (1.0 - p);
+            for (o, x) in out.iter_mut().zip(&kj) {
+                *o += scale * ds * x;
+            }
+        }
+        out
+    }
+
+    /// Rows `j` of dK and dV for sequence `b`, key/value head `hk` (summed over its group).
+    #[allow(clippy::too_many_arguments)]
+    pub fn dk_dv<T: Store + ?Sized>(
+        plan: &Plan,
+        q: &T,
+        k: &T,
+        v: &T,
+        d_o: &T,
+        b: usize,
+        hk: usize,
+        j: usize,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let (st, d, seq) = (plan.strides(), plan.head_dim(), plan.seqs()[b]);
+        let scale = plan.scale() as f64;
+        let (mut dk, mut dv) = (vec![0.0; d], vec![0.0; d]);
+        if j >= seq.len_k {
+            return (dk, dv);
+        }
+        let kj = row(k, Plan::row_offset(&st.k, b, seq.k_start, j, hk), d);
+        let vj = row(v, Plan::row_offset(&st.v, b, seq.k_start, j, hk), d);
+        for h in hk * plan.group_size()..(hk + 1) * plan.group_size() {
+            for i in 0..seq.len_q {
+                if j >= key_end(plan, &seq, i) {
+                    continue;
+                }
+                let qi = row(q, Plan::row_offset(&st.q, b, seq.q_start, i, h), d);
+                let doi = row(d_o, Plan::row_offset(&st.o, b, seq.q_start, i, h), d);
+                let p = sigmoid(scale * dot(&qi, &kj) + plan.bias()[b] as f64);
+                let ds = dot(&doi, &vj) * p * (1.0 - p);
+                for c in 0..d {
+                    dk[c] += scale * ds * qi[c];
+                    dv[c] += p * doi[c];
+                }
+            }
+        }
+        (dk, dv)
+    }
+}
