@@ -165,7 +165,11 @@ type Constructor = fn() -> Result<Box<dyn HostRunner>>;
 /// Backend constructors in order of preference; each is only called when the ones before it
 /// could not run the plan. The CPU comes last and runs everything.
 fn candidates() -> Vec<Constructor> {
-    vec![|| Ok(Box::new(CpuBackend::new()) as Box<dyn HostRunner>)]
+    vec![
+        #[cfg(feature = "wgpu")]
+        || Ok(Box::new(crate::wgpu::WgpuBackend::new()?) as Box<dyn HostRunner>),
+        || Ok(Box::new(CpuBackend::new()) as Box<dyn HostRunner>),
+    ]
 }
 
 /// Tries each candidate until one runs (or fails for a reason other than fallback).

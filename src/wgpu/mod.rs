@@ -1,1 +1,973 @@
 //! The portable backend: WGSL kernels on wgpu (Vulkan, Metal, DX12).
+//!
+//! [`WgpuBackend::new`] opens its own device (preferring a hardware adapter, accepting a
+//! software one such as lavapipe); [`WgpuBackend::from_device`] runs on an application's
+//! `wgpu::Device` and `Queue`. Besides the [`Backend`] trait (which submits its own command
+//! buffers), [`WgpuBackend::encode_forward`] and [`WgpuBackend::encode_backward`] record the
+//! kernels into the caller's `CommandEncoder` on the caller's buffers, so attention runs inside
+//! an application's frame with no copies and no extra submit.
+//!
+//! Kernels (`shaders/`): `fwd.wgsl`; backward as `bwd_dkdv.wgsl` (dK, dV and d_bias partial
+//! sums per key tile, summing GQA groups without atomics), `bwd_dq.wgsl` (dQ) and
+//! `bwd_dbias.wgsl` (the per-sequence d_bias sum). All accumulate in f32; storage is f32, f16
+//! (native with `SHADER_F16`, else packed in u32) or bf16 (packed in u32, converted with bit
+//! operations). Tile shapes are chosen per adapter from its workgroup-memory and invocation
+//! limits ([`pipelines::choose_tiles`]).
+//!
+//! Supported: head dims that are multiples of 4 up to 256, strides that are multiples of 4
+//! elements, every mask, bias, layout and dtype of the spec. Tensors larger than the adapter's
+//! `max_storage_buffer_binding_size` are refused with `Error::Unsupported`. Validation,
+//! out-of-memory and device-loss errors come back as `Error::Driver` (through error scopes),
+//! never as panics.
+
+pub mod params;
+pub mod pipelines;
+
+use crate::backend::{Backend, BackwardArgs};
+use crate::{DType, Error, HostTensor, Plan, Result};
+use params::{seq_table, Params};
+use pipelines::{choose_tiles, Kernel, PipelineCache, PipelineKey, StoragePath, TileLimits, Tiles};
+use std::sync::{Arc, Mutex};
+use wgpu::util::DeviceExt;
+
+const NAME: &str = "wgpu";
+
+fn driver(message: impl Into<String>) -> Error {
+    Error::Driver {
+        backend: NAME,
+        message: message.into(),
+    }
+}
+
+fn unsupported(what: impl Into<String>) -> Error {
+    Error::Unsupported {
+        backend: NAME,
+        what: what.into(),
+    }
+}
+
+/// A tensor in a wgpu storage buffer.
+#[derive(Debug, Clone)]
+pub struct WgpuBuffer {
+    buffer: wgpu::Buffer,
+    dtype: DType,
+    len: usize,
+}
+
+impl WgpuBuffer {
+    /// Wraps an application's buffer holding `len` elements of `dtype` (little-endian, as
+    /// [`HostTensor::as_bytes`]). It needs `STORAGE` usage, and `COPY_SRC` to be downloaded.
+    pub fn from_raw(buffer: wgpu::Buffer, dtype: DType, len: usize) -> Result<Self> {
+        if (buffer.size() as u128) < (len as u128) * dtype.size_bytes() as u128 {
+            return Err(Error::InvalidBuffer {
+                tensor: "wgpu buffer",
+                expected: format!("at least {} bytes", len * dtype.size_bytes()),
+                got: format!("{} bytes", buffer.size()),
+            });
+        }
+        Ok(WgpuBuffer { buffer, dtype, len })
+    }
+
+    /// The underlying wgpu buffer.
+    pub fn raw(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when the buffer holds no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The tensors of one forward pass, as the application's wgpu buffers (`STORAGE` usage).
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardBuffers<'a> {
+    /// Queries.
+    pub q: &'a wgpu::Buffer,
+    /// Keys.
+    pub k: &'a wgpu::Buffer,
+    /// Values.
+    pub v: &'a wgpu::Buffer,
+    /// Output.
+    pub o: &'a wgpu::Buffer,
+}
+
+/// The tensors of one backward pass, as the application's wgpu buffers (`STORAGE` usage).
+#[derive(Debug, Clone, Copy)]
+pub struct BackwardBuffers<'a> {
+    /// Queries.
+    pub q: &'a wgpu::Buffer,
+    /// Keys.
+    pub k: &'a wgpu::Buffer,
+    /// Values.
+    pub v: &'a wgpu::Buffer,
+    /// Gradient of the output.
+    pub d_o: &'a wgpu::Buffer,
+    /// Gradient of the queries (written).
+    pub dq: &'a wgpu::Buffer,
+    /// Gradient of the keys (written).
+    pub dk: &'a wgpu::Buffer,
+    /// Gradient of the values (written).
+    pub dv: &'a wgpu::Buffer,
+    /// Gradient of the per-sequence bias, f32 × batch (written), if wanted.
+    pub d_bias: Option<&'a wgpu::Buffer>,
+}
+
+/// Sigmoid attention on a wgpu device.
+pub struct WgpuBackend {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    shader_f16: bool,
+    timestamps: bool,
+    bounds_checks: bool,
+    pipelines: PipelineCache,
+    /// Set by the device-lost callback.
+    lost: Arc<Mutex<Option<String>>>,
+    /// Errors no scope caught (own device only).
+    uncaptured: Arc<Mutex<Option<String>>>,
+    /// Bound in place of zero-length tensors (bindings must not be empty).
+    dummy: wgpu::Buffer,
+}
+
+impl std::fmt::Debug for WgpuBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WgpuBackend")
+            .field("adapter", &self.info.name)
+            .field("backend", &self.info.backend)
+            .field("shader_f16", &self.shader_f16)
+            .field("timestamps", &self.timestamps)
+            .field("pipelines", &self.pipelines)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Preference of an adapter: hardware first, software last; `None` if it cannot compute.
+fn adapter_rank(a: &wgpu::Adapter) -> Option<u32> {
+    let info = a.get_info();
+    if !a
+        .get_downlevel_capabilities()
+        .flags
+        .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+    {
+        return None;
+    }
+    let ty = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    };
+    // The GL backend has neither f16 nor subgroups nor fast compute: last resort.
+    let api = u32::from(info.backend == wgpu::Backend::Gl);
+    Some(api * 10 + ty)
+}
+
+impl WgpuBackend {
+    /// Opens the best adapter present (hardware before software; `WGPU_BACKEND` and
+    /// `WGPU_ADAPTER_NAME` narrow the choice) with its full limits and the optional features
+    /// `SHADER_F16` and `TIMESTAMP_QUERY` where it has them.
+    ///
+    /// Returns `Error::DeviceUnavailable` when no adapter can run compute shaders.
+    pub fn new() -> Result<Self> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+        let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        if let Ok(name) = std::env::var("WGPU_ADAPTER_NAME") {
+            let name = name.to_lowercase();
+            adapters.retain(|a| a.get_info().name.to_lowercase().contains(&name));
+        }
+        let mut ranked: Vec<(u32, wgpu::Adapter)> = adapters
+            .into_iter()
+            .filter_map(|a| adapter_rank(&a).map(|r| (r, a)))
+            .collect();
+        ranked.sort_by_key(|(r, _)| *r);
+        let Some((_, adapter)) = ranked.into_iter().next() else {
+            return Err(Error::DeviceUnavailable {
+                backend: NAME,
+                reason: "no wgpu adapter with compute shaders (on Linux without a GPU, install \
+                         lavapipe: mesa-vulkan-drivers and libvulkan1)"
+                    .into(),
+            });
+        };
+        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY;
+        let features = adapter.features() & wanted;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("sigmoid-attn"),
+            required_features: features,
+            required_limits: adapter.limits(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::DeviceUnavailable {
+            backend: NAME,
+            reason: format!("request_device on {}: {e}", adapter.get_info().name),
+        })?;
+        let uncaptured = Arc::new(Mutex::new(None));
+        let sink = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            lock(&sink).get_or_insert_with(|| e.to_string());
+        }));
+        Ok(Self::build(device, queue, uncaptured))
+    }
+
+    /// Runs on an application's device and queue. The device's features decide the storage
+    /// paths (`SHADER_F16`) and timing (`TIMESTAMP_QUERY`); its limits decide the tiles. The
+    /// application's uncaptured-error handler is left alone: this backend's own work runs in
+    /// error scopes.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Self> {
+        Ok(Self::build(device, queue, Arc::new(Mutex::new(None))))
+    }
+
+    fn build(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        uncaptured: Arc<Mutex<Option<String>>>,
+    ) -> Self {
+        let lost = Arc::new(Mutex::new(None));
+        let sink = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            lock(&sink).get_or_insert_with(|| format!("device lost ({reason:?}): {msg}"));
+        });
+        let features = device.features();
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("sigmoid-attn empty tensor"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        WgpuBackend {
+            info: device.adapter_info(),
+            limits: device.limits(),
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            bounds_checks: std::env::var_os("SIGMOID_ATTN_WGPU_BOUNDS_CHECKS").is_some(),
+            pipelines: PipelineCache::default(),
+            lost,
+            uncaptured,
+            dummy,
+            device,
+            queue,
+        }
+    }
+
+    /// The device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// The adapter's description.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    /// True when the device can time kernels (`TIMESTAMP_QUERY`).
+    pub fn has_timestamps(&self) -> bool {
+        self.timestamps
+    }
+
+    /// True when f16 tensors use native `f16` loads (`SHADER_F16`).
+    pub fn has_shader_f16(&self) -> bool {
+        self.shader_f16
+    }
+
+    fn tile_limits(&self) -> TileLimits {
+        TileLimits {
+            workgroup_storage: self.limits.max_compute_workgroup_storage_size,
+            invocations: self.limits.max_compute_invocations_per_workgroup,
+            size_x: self.limits.max_compute_workgroup_size_x,
+        }
+    }
+
+    /// The tile shape `kernel` uses for head dim `d` on this device.
+    pub fn tiles(&self, kernel: Kernel, d: usize) -> Result<Tiles> {
+        choose_tiles(kernel, d as u32, &self.tile_limits()).ok_or_else(|| {
+            unsupported(format!(
+                "head_dim {d}: no {} tile shape fits {} bytes of workgroup memory and {} \
+                 invocations",
+                kernel.name(),
+                self.limits.max_compute_workgroup_storage_size,
+                self.limits.max_compute_invocations_per_workgroup
+            ))
+        })
+    }
+
+    fn check_health(&self) -> Result<()> {
+        if let Some(m) = lock(&self.lost).clone() {
+            return Err(driver(m));
+        }
+        if let Some(m) = lock(&self.uncaptured).take() {
+            return Err(driver(m));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` inside validation, out-of-memory and internal error scopes; any error they
+    /// catch becomes `Error::Driver`.
+    fn scoped<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.check_health()?;
+        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let r = f();
+        let errors = [
+            pollster::block_on(validation.pop()),
+            pollster::block_on(oom.pop()),
+            pollster::block_on(internal.pop()),
+        ];
+        let r = r?;
+        if let Some(e) = errors.into_iter().flatten().next() {
+            return Err(driver(e.to_string()));
+        }
+        self.check_health()?;
+        Ok(r)
+    }
+
+    fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| driver(format!("poll: {e}")))?;
+        self.check_health()
+    }
+
+    /// Checks everything about `plan` that does not depend on the buffers.
+    fn check_plan(&self, plan: &Plan, backward: bool) -> Result<()> {
+        let d = plan.head_dim();
+        if d % 4 != 0 || d > pipelines::MAX_HEAD_DIM {
+            return Err(unsupported(format!(
+                "head_dim {d} (the WGSL kernels take multiples of 4 up to {})",
+                pipelines::MAX_HEAD_DIM
+            )));
+        }
+        if Params::new(plan, 0).is_none() {
+            return Err(unsupported(
+                "strides that are not multiples of 4 elements (or exceed 2^34 elements)",
+            ));
+        }
+        let kernels: &[Kernel] = if backward {
+            &[Kernel::BackwardDq, Kernel::BackwardDkDv]
+        } else {
+            &[Kernel::Forward]
+        };
+        let max_groups = self.limits.max_compute_workgroups_per_dimension as usize;
+        for &kernel in kernels {
+            let t = self.tiles(kernel, d)?;
+            let (rows, heads) = if kernel == Kernel::BackwardDkDv {
+                (max_rows_k(plan), plan.kv_heads())
+            } else {
+                (max_rows_q(plan), plan.heads())
+            };
+            let tiles = rows.div_ceil(t.rows as usize);
+            for (what, n) in [
+                ("tiles", tiles),
+                ("heads", heads),
+                ("sequences", plan.batch()),
+            ] {
+                if n > max_groups {
+                    return Err(unsupported(format!(
+                        "{n} {what} in one dispatch (the adapter allows {max_groups} \
+                         workgroups per dimension)"
+                    )));
+                }
+            }
+        }
+        let quad_bytes = self.quad_bytes(plan.dtype()) as u64;
+        let max_binding = self.limits.max_storage_buffer_binding_size;
+        for (name, elems) in [
+            ("q", plan.q_elems()),
+            ("k", plan.k_elems()),
+            ("v", plan.v_elems()),
+            ("o", plan.o_elems()),
+        ] {
+            let bytes = (elems as u64) * plan.dtype().size_bytes() as u64;
+            if bytes > max_binding {
+                return Err(unsupported(format!(
+                    "tensor `{name}` of {bytes} bytes: above the adapter's \
+                     max_storage_buffer_binding_size of {max_binding} bytes"
+                )));
+            }
+            if bytes / quad_bytes > u64::from(u32::MAX) {
+                return Err(unsupported(format!(
+                    "tensor `{name}` of {elems} elements: above 2^32 quads"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn quad_bytes(&self, dtype: DType) -> usize {
+        4 * dtype.size_bytes()
+    }
+
+    fn storage(&self, dtype: DType) -> StoragePath {
+        StoragePath::for_dtype(dtype, self.shader_f16)
+    }
+
+    fn pipeline(&self, kernel: Kernel, plan: &Plan, tiles: Tiles) -> Result<wgpu::ComputePipeline> {
+        self.pipelines.get(
+            &self.device,
+            PipelineKey {
+                kernel,
+                storage: self.storage(plan.dtype()),
+                tiles,
+                causal: plan.causal(),
+                fast: plan.sigmoid() == crate::SigmoidMode::Fast,
+            },
+            self.bounds_checks,
+        )
+    }
+
+    /// The binding of a tensor of `elems` elements: the part of `buf` it occupies, or a dummy
+    /// for an empty tensor.
+    fn binding<'a>(
+        &'a self,
+        tensor: &'static str,
+        buf: &'a wgpu::Buffer,
+        elems: usize,
+        dtype: DType,
+    ) -> Result<wgpu::BindingResource<'a>> {
+        let bytes = (elems * dtype.size_bytes()) as u64;
+        if bytes == 0 {
+            return Ok(self.dummy.as_entire_binding());
+        }
+        if buf.size() < bytes {
+            return Err(Error::InvalidBuffer {
+                tensor,
+                expected: format!("at least {bytes} bytes"),
+                got: format!("{} bytes", buf.size()),
+            });
+        }
+        if !buf.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return Err(Error::InvalidBuffer {
+                tensor,
+                expected: "a buffer with STORAGE usage".into(),
+                got: format!("usage {:?}", buf.usage()),
+            });
+        }
+        Ok(wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: buf,
+            offset: 0,
+            size: wgpu::BufferSize::new(bytes),
+        }))
+    }
+
+    fn uniform(&self, params: &Params) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("sigmoid-attn params"),
+                contents: bytemuck::bytes_of(params),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+    }
+
+    fn seq_buffer(&self, plan: &Plan) -> wgpu::Buffer {
+        let table = seq_table(plan);
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("sigmoid-attn sequences"),
+                contents: bytemuck::cast_slice(&table),
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+    }
+
+    fn bind_group(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        resources: Vec<wgpu::BindingResource<'_>>,
+    ) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry<'_>> = resources
+            .into_iter()
+            .enumerate()
+            .map(|(i, resource)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource,
+            })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        })
+    }
+
+    /// Records the forward of `plan` into `encoder`, on the application's buffers (which must
+    /// hold `plan.q_elems()` … elements of `plan.dtype()`). Nothing is submitted. Errors about
+    /// the plan or the buffers are returned here; device errors surface in the application's
+    /// error scopes or handler.
+    pub fn encode_forward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        plan: &Plan,
+        bufs: ForwardBuffers<'_>,
+    ) -> Result<()> {
+        self.supports_forward(plan)?;
+        self.record_forward(encoder, plan, bufs, None)
+    }
+
+    /// Records the backward of `plan` into `encoder`, on the application's buffers. Nothing is
+    /// submitted.
+    pub fn encode_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        plan: &Plan,
+        bufs: BackwardBuffers<'_>,
+    ) -> Result<()> {
+        self.supports_backward(plan)?;
+        self.record_backward(encoder, plan, bufs, None)
+    }
+
+    fn record_forward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        plan: &Plan,
+        bufs: ForwardBuffers<'_>,
+        timing: Option<(&wgpu::QuerySet, u32)>,
+    ) -> Result<()> {
+        let dt = plan.dtype();
+        let tiles = self.tiles(Kernel::Forward, plan.head_dim())?;
+        let pipeline = self.pipeline(Kernel::Forward, plan, tiles)?;
+        let params = Params::new(plan, 0).ok_or_else(|| unsupported("strides"))?;
+        let (ubuf, sbuf) = (self.uniform(&params), self.seq_buffer(plan));
+        let bg = self.bind_group(
+            &pipeline,
+            vec![
+                ubuf.as_entire_binding(),
+                sbuf.as_entire_binding(),
+                self.binding("q", bufs.q, plan.q_elems(), dt)?,
+                self.binding("k", bufs.k, plan.k_elems(), dt)?,
+                self.binding("v", bufs.v, plan.v_elems(), dt)?,
+                self.binding("o", bufs.o, plan.o_elems(), dt)?,
+            ],
+        );
+        let n_tiles = max_rows_q(plan).div_ceil(tiles.rows as usize) as u32;
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("sigmoid-attn forward"),
+            timestamp_writes: timestamp_writes(timing),
+        });
+        if n_tiles > 0 {
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bg, &[]);
+            pass.dispatch_workgroups(n_tiles, plan.heads() as u32, plan.batch() as u32);
+        }
+        Ok(())
+    }
+
+    fn record_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        plan: &Plan,
+        bufs: BackwardBuffers<'_>,
+        timing: Option<(&wgpu::QuerySet, u32)>,
+    ) -> Result<()> {
+        let dt = plan.dtype();
+        let d = plan.head_dim();
+        let tq = self.tiles(Kernel::BackwardDq, d)?;
+        let tk = self.tiles(Kernel::BackwardDkDv, d)?;
+        let p_dq = self.pipeline(Kernel::BackwardDq, plan, tq)?;
+        let p_dkdv = self.pipeline(Kernel::BackwardDkDv, plan, tk)?;
+        let q_tiles = max_rows_q(plan).div_ceil(tq.rows as usize) as u32;
+        let k_tiles = max_rows_k(plan).div_ceil(tk.rows as usize) as u32;
+        let n_part = k_tiles * plan.kv_heads() as u32;
+        let params = Params::new(plan, n_part).ok_or_else(|| unsupported("strides"))?;
+        let (ubuf, sbuf) = (self.uniform(&params), self.seq_buffer(plan));
+        let part = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("sigmoid-attn d_bias partials"),
+            size: (4 * plan.batch() as u64 * u64::from(n_part)).max(16),
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let bg_dq = self.bind_group(
+            &p_dq,
+            vec![
+                ubuf.as_entire_binding(),
+                sbuf.as_entire_binding(),
+                self.binding("q", bufs.q, plan.q_elems(), dt)?,
+                self.binding("k", bufs.k, plan.k_elems(), dt)?,
+                self.binding("v", bufs.v, plan.v_elems(), dt)?,
+                self.binding("d_o", bufs.d_o, plan.o_elems(), dt)?,
+                self.binding("dq", bufs.dq, plan.q_elems(), dt)?,
+            ],
+        );
+        let bg_dkdv = self.bind_group(
+            &p_dkdv,
+            vec![
+                ubuf.as_entire_binding(),
+                sbuf.as_entire_binding(),
+                self.binding("q", bufs.q, plan.q_elems(), dt)?,
+                self.binding("k", bufs.k, plan.k_elems(), dt)?,
+                self.binding("v", bufs.v, plan.v_elems(), dt)?,
+                self.binding("d_o", bufs.d_o, plan.o_elems(), dt)?,
+                self.binding("dk", bufs.dk, plan.k_elems(), dt)?,
+                self.binding("dv", bufs.dv, plan.v_elems(), dt)?,
+                part.as_entire_binding(),
+            ],
+        );
+        let dbias = match bufs.d_bias {
+            Some(db) => {
+                let p = self.pipeline(Kernel::BackwardDbias, plan, tk)?;
+                let bg = self.bind_group(
+                    &p,
+                    vec![
+                        ubuf.as_entire_binding(),
+                        part.as_entire_binding(),
+                        self.binding("d_bias", db, plan.batch(), DType::F32)?,
+                    ],
+                );
+                Some((p, bg))
+            }
+            None => None,
+        };
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("sigmoid-attn backward"),
+            timestamp_writes: timestamp_writes(timing),
+        });
+        if k_tiles > 0 {
+            pass.set_pipeline(&p_dkdv);
+            pass.set_bind_group(0, &bg_dkdv, &[]);
+            pass.dispatch_workgroups(k_tiles, plan.kv_heads() as u32, plan.batch() as u32);
+        }
+        if q_tiles > 0 {
+            pass.set_pipeline(&p_dq);
+            pass.set_bind_group(0, &bg_dq, &[]);
+            pass.dispatch_workgroups(q_tiles, plan.heads() as u32, plan.batch() as u32);
+        }
+        if let Some((p, bg)) = &dbias {
+            pass.set_pipeline(p);
+            pass.set_bind_group(0, bg, &[]);
+            pass.dispatch_workgroups(plan.batch() as u32, 1, 1);
+        }
+        Ok(())
+    }
+
+    fn check_forward_buffers(
+        &self,
+        plan: &Plan,
+        q: &WgpuBuffer,
+        k: &WgpuBuffer,
+        v: &WgpuBuffer,
+        o: &WgpuBuffer,
+    ) -> Result<()> {
+        let dt = plan.dtype();
+        plan.check_buffer("q", q.dtype, q.len, dt, plan.q_elems())?;
+        plan.check_buffer("k", k.dtype, k.len, dt, plan.k_elems())?;
+        plan.check_buffer("v", v.dtype, v.len, dt, plan.v_elems())?;
+        plan.check_buffer("o", o.dtype, o.len, dt, plan.o_elems())
+    }
+
+    fn check_backward_buffers(&self, plan: &Plan, a: &BackwardArgs<'_, WgpuBuffer>) -> Result<()> {
+        let dt = plan.dtype();
+        plan.check_buffer("q", a.q.dtype, a.q.len, dt, plan.q_elems())?;
+        plan.check_buffer("k", a.k.dtype, a.k.len, dt, plan.k_elems())?;
+        plan.check_buffer("v", a.v.dtype, a.v.len, dt, plan.v_elems())?;
+        plan.check_buffer("d_o", a.d_o.dtype, a.d_o.len, dt, plan.o_elems())?;
+        plan.check_buffer("dq", a.dq.dtype, a.dq.len, dt, plan.q_elems())?;
+        plan.check_buffer("dk", a.dk.dtype, a.dk.len, dt, plan.k_elems())?;
+        plan.check_buffer("dv", a.dv.dtype, a.dv.len, dt, plan.v_elems())?;
+        if let Some(db) = a.d_bias.as_deref() {
+            plan.check_buffer("d_bias", db.dtype, db.len, DType::F32, plan.batch())?;
+        }
+        Ok(())
+    }
+
+    /// Runs the forward `iters` times, each in its own timed compute pass, and returns the
+    /// kernel time of each run in milliseconds (timestamp queries; needs
+    /// [`has_timestamps`](Self::has_timestamps)).
+    pub fn time_forward(
+        &self,
+        plan: &Plan,
+        q: &WgpuBuffer,
+        k: &WgpuBuffer,
+        v: &WgpuBuffer,
+        o: &mut WgpuBuffer,
+        iters: u32,
+    ) -> Result<Vec<f64>> {
+        self.supports_forward(plan)?;
+        self.check_forward_buffers(plan, q, k, v, o)?;
+        let bufs = ForwardBuffers {
+            q: &q.buffer,
+            k: &k.buffer,
+            v: &v.buffer,
+            o: &o.buffer,
+        };
+        self.timed(iters, |enc, ts| {
+            self.record_forward(enc, plan, bufs, Some(ts))
+        })
+    }
+
+    /// Runs the backward `iters` times, each in its own timed compute pass (all of its
+    /// kernels), and returns each run's kernel time in milliseconds.
+    pub fn time_backward(
+        &self,
+        plan: &Plan,
+        args: BackwardArgs<'_, WgpuBuffer>,
+        iters: u32,
+    ) -> Result<Vec<f64>> {
+        self.supports_backward(plan)?;
+        self.check_backward_buffers(plan, &args)?;
+        let bufs = BackwardBuffers {
+            q: &args.q.buffer,
+            k: &args.k.buffer,
+            v: &args.v.buffer,
+            d_o: &args.d_o.buffer,
+            dq: &args.dq.buffer,
+            dk: &args.dk.buffer,
+            dv: &args.dv.buffer,
+            d_bias: args.d_bias.as_deref().map(|b| &b.buffer),
+        };
+        self.timed(iters, |enc, ts| {
+            self.record_backward(enc, plan, bufs, Some(ts))
+        })
+    }
+
+    fn timed(
+        &self,
+        iters: u32,
+        record: impl Fn(&mut wgpu::CommandEncoder, (&wgpu::QuerySet, u32)) -> Result<()>,
+    ) -> Result<Vec<f64>> {
+        if !self.timestamps {
+            return Err(unsupported("timing: the device has no TIMESTAMP_QUERY"));
+        }
+        let iters = iters.clamp(1, 2048);
+        let count = 2 * iters;
+        let bytes = 8 * u64::from(count);
+        let (qs, resolve, read) = self.scoped(|| {
+            let qs = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("sigmoid-attn timing"),
+                ty: wgpu::QueryType::Timestamp,
+                count,
+            });
+            let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: bytes,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let read = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut enc = self.device.create_command_encoder(&Default::default());
+            for i in 0..iters {
+                record(&mut enc, (&qs, 2 * i))?;
+            }
+            enc.resolve_query_set(&qs, 0..count, &resolve, 0);
+            enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, bytes);
+            self.queue.submit([enc.finish()]);
+            Ok((qs, resolve, read))
+        })?;
+        let ticks: Vec<u64> = self.read_back(&read, bytes)?;
+        drop((qs, resolve));
+        let period = f64::from(self.queue.get_timestamp_period());
+        Ok(ticks
+            .chunks_exact(2)
+            .map(|t| t[1].wrapping_sub(t[0]) as f64 * period * 1e-6)
+            .collect())
+    }
+
+    /// Maps a `MAP_READ` buffer after the queue drains and returns its first `bytes`.
+    fn read_back<T: bytemuck::Pod>(&self, read: &wgpu::Buffer, bytes: u64) -> Result<Vec<T>> {
+        let slot = Arc::new(Mutex::new(None));
+        let sink = slot.clone();
+        read.slice(..bytes)
+            .map_async(wgpu::MapMode::Read, move |r| {
+                *lock(&sink) = Some(r);
+            });
+        self.wait()?;
+        match lock(&slot).take() {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(driver(format!("mapping a buffer for reading: {e}"))),
+            None => return Err(driver("buffer mapping did not complete")),
+        }
+        let out = {
+            let view = read
+                .slice(..bytes)
+                .get_mapped_range()
+                .map_err(|e| driver(format!("mapped range: {e}")))?;
+            bytemuck::pod_collect_to_vec(&view)
+        };
+        read.unmap();
+        Ok(out)
+    }
+}
+
+fn timestamp_writes(
+    timing: Option<(&wgpu::QuerySet, u32)>,
+) -> Option<wgpu::ComputePassTimestampWrites<'_>> {
+    timing.map(|(qs, i)| wgpu::ComputePassTimestampWrites {
+        query_set: qs,
+        beginning_of_pass_write_index: Some(i),
+        end_of_pass_write_index: Some(i + 1),
+    })
+}
+
+fn max_rows_q(plan: &Plan) -> usize {
+    plan.seqs().iter().map(|s| s.rows_q).max().unwrap_or(0)
+}
+
+fn max_rows_k(plan: &Plan) -> usize {
+    plan.seqs().iter().map(|s| s.rows_k).max().unwrap_or(0)
+}
+
+impl Backend for WgpuBackend {
+    type Buffer = WgpuBuffer;
+
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn device_name(&self) -> String {
+        format!(
+            "{} ({:?}, {} {})",
+            self.info.name, self.info.backend, self.info.driver, self.info.driver_info
+        )
+    }
+
+    fn supports_forward(&self, plan: &Plan) -> Result<()> {
+        self.check_plan(plan, false)
+    }
+
+    fn supports_backward(&self, plan: &Plan) -> Result<()> {
+        self.check_plan(plan, true)
+    }
+
+    fn fast_sigmoid_bits(&self) -> Option<u32> {
+        // WGSL promises no more than the tanh of the platform; the tanh form itself loses
+        // relative precision on very negative logits (as the CUDA fast path does).
+        Some(11)
+    }
+
+    fn alloc(&self, dtype: DType, len: usize) -> Result<WgpuBuffer> {
+        let bytes = (len as u64)
+            .checked_mul(dtype.size_bytes() as u64)
+            .ok_or_else(|| unsupported(format!("a buffer of {len} elements")))?;
+        let size = bytes.div_ceil(16).max(1) * 16;
+        if size > self.limits.max_buffer_size {
+            return Err(unsupported(format!(
+                "a buffer of {bytes} bytes (the adapter's max_buffer_size is {})",
+                self.limits.max_buffer_size
+            )));
+        }
+        let buffer = self.scoped(|| {
+            Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("sigmoid-attn tensor"),
+                size,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }))
+        })?;
+        Ok(WgpuBuffer { buffer, dtype, len })
+    }
+
+    fn upload(&self, data: &HostTensor) -> Result<WgpuBuffer> {
+        let buf = self.alloc(data.dtype(), data.len())?;
+        let bytes = data.as_bytes();
+        self.scoped(|| {
+            let aligned = bytes.len() / 4 * 4;
+            if aligned > 0 {
+                self.queue.write_buffer(&buf.buffer, 0, &bytes[..aligned]);
+            }
+            if aligned < bytes.len() {
+                let mut tail = [0u8; 4];
+                tail[..bytes.len() - aligned].copy_from_slice(&bytes[aligned..]);
+                self.queue.write_buffer(&buf.buffer, aligned as u64, &tail);
+            }
+            Ok(())
+        })?;
+        Ok(buf)
+    }
+
+    fn download(&self, buf: &WgpuBuffer) -> Result<HostTensor> {
+        let bytes = (buf.len * buf.dtype.size_bytes()) as u64;
+        let size = bytes.div_ceil(4).max(1) * 4;
+        let read = self.scoped(|| {
+            let read = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("sigmoid-attn readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut enc = self.device.create_command_encoder(&Default::default());
+            enc.copy_buffer_to_buffer(&buf.buffer, 0, &read, 0, size.min(buf.buffer.size()));
+            self.queue.submit([enc.finish()]);
+            Ok(read)
+        })?;
+        let raw: Vec<u8> = self.read_back(&read, size)?;
+        Ok(HostTensor::from_bytes(buf.dtype, &raw[..bytes as usize]))
+    }
+
+    fn forward(
+        &self,
+        plan: &Plan,
+        q: &WgpuBuffer,
+        k: &WgpuBuffer,
+        v: &WgpuBuffer,
+        o: &mut WgpuBuffer,
+    ) -> Result<()> {
+        self.supports_forward(plan)?;
+        self.check_forward_buffers(plan, q, k, v, o)?;
+        self.scoped(|| {
+            let mut enc = self.device.create_command_encoder(&Default::default());
+            let bufs = ForwardBuffers {
+                q: &q.buffer,
+                k: &k.buffer,
+                v: &v.buffer,
+                o: &o.buffer,
+            };
+            self.record_forward(&mut enc, plan, bufs, None)?;
+            self.queue.submit([enc.finish()]);
+            Ok(())
+        })
+    }
+
+    fn backward(&self, plan: &Plan, a: BackwardArgs<'_, WgpuBuffer>) -> Result<()> {
+        self.supports_backward(plan)?;
+        self.check_backward_buffers(plan, &a)?;
+        self.scoped(|| {
+            let mut enc = self.device.create_command_encoder(&Default::default());
+            let bufs = BackwardBuffers {
+                q: &a.q.buffer,
+                k: &a.k.buffer,
+                v: &a.v.buffer,
+                d_o: &a.d_o.buffer,
+                dq: &a.dq.buffer,
+                dk: &a.dk.buffer,
+                dv: &a.dv.buffer,
+                d_bias: a.d_bias.as_deref().map(|b| &b.buffer),
+            };
+            self.record_backward(&mut enc, plan, bufs, None)?;
+            self.queue.submit([enc.finish()]);
+            Ok(())
+        })
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.wait()
+    }
+}

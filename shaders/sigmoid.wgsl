@@ -1,0 +1,50 @@
+// Shared by every kernel (pipelines.rs prepends it after the storage path, since WGSL has no
+// include): the per-problem uniform, the per-sequence table, and the sigmoid.
+
+// Per-problem parameters. Twin of `Params` in src/wgpu/params.rs: keep the two in step.
+struct Params {
+    // Strides of each tensor in quads (4 elements): (batch, seq, head, unused).
+    q_str: vec4<u32>,
+    k_str: vec4<u32>,
+    v_str: vec4<u32>,
+    o_str: vec4<u32>,
+    // Query heads per key/value head (GQA).
+    group: u32,
+    // Query heads.
+    heads: u32,
+    // Logit scale.
+    scale: f32,
+    // d_bias partial sums per sequence (bwd_dkdv writes them, bwd_dbias adds them up).
+    n_part: u32,
+}
+
+// One sequence of the batch. Twin of `SeqParams` in src/wgpu/params.rs.
+struct Seq {
+    // First query / key row of the sequence in the seq dimension (cu_seqlens, or 0 when padded).
+    q_start: u32,
+    k_start: u32,
+    // Valid query / key tokens.
+    len_q: u32,
+    len_k: u32,
+    // Rows the outputs cover (rows past the valid length are written as zeros).
+    rows_q: u32,
+    rows_k: u32,
+    // The logit bias of this sequence.
+    bias: f32,
+    pad: u32,
+}
+
+// `true`: 0.5·tanh(0.5x) + 0.5 (one tanh per element); `false`: 1 / (1 + e^-x) evaluated so
+// that the exponential never overflows (a few ulps over the whole range).
+override SIGMOID_FAST: bool = true;
+
+fn sigmoid4(x: vec4<f32>) -> vec4<f32> {
+    if (SIGMOID_FAST) {
+        // tanh saturates to ±1 in f32 beyond |x| = 9; clamping keeps exp-based tanh
+        // implementations away from inf/inf.
+        return fma(vec4<f32>(0.5), tanh(clamp(0.5 * x, vec4<f32>(-15.0), vec4<f32>(15.0))), vec4<f32>(0.5));
+    }
+    let e = exp(-abs(x));
+    let r = 1.0 / (1.0 + e);
+    return select(e * r, r, x >= vec4<f32>(0.0));
+}
