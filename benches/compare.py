@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Side-by-side report on one GPU machine: our CUDA and wgpu paths, PyTorch SDPA (flash and
+cuDNN backends, softmax) and TritonSigmoid (from its source, when given), on the standard
+workload of DESIGN.md, in one process tree and one run.
+
+    python3 benches/compare.py --ours target/release/examples/bench_table \
+        --triton-sigmoid path/to/triton-sigmoid --out report/
+
+Writes OUT/compare.md (markdown table), OUT/compare.json and, when matplotlib is present,
+OUT/compare.png (TFLOPS against N per head dim, forward and backward). Workload: non-causal,
+[B, N, H, D], B = 16384/N, H = 2048/D, padding L ~ U[N(1-p), N]; forward FLOPs 4·H·D·ΣL²,
+backward timed alone and counted as 2.5× forward. Timing: median of triton.testing.do_bench
+for the Python anchors, median of device-clock runs for ours.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+DIMS = [64, 128]
+SEQS = [1024, 4096, 16384]
+PADS = [0, 25]
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run_ours(binary, backend, dtype, out_dir, extra):
+    path = os.path.join(out_dir, f"ours_{backend}_{dtype}.json")
+    cmd = [binary, "--backend", backend, "--dtype", dtype, "--json", path] + extra
+    log("running " + " ".join(cmd))
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    with open(os.path.join(out_dir, f"ours_{backend}_{dtype}.log"), "w") as f:
+        f.write(proc.stdout + "\n" + proc.stderr)
+    if not os.path.exists(path):
+        log(f"{backend}: no results (exit {proc.returncode}): {proc.stderr[-2000:]}")
+        return []
+    rows = json.load(open(path))
+    for r in rows:
+        r["provider"] = f"ours-{backend}-{dtype}"
+    return rows
+
+
+def python_anchors(triton_sigmoid_src, dims, seqs, pads):
+    import torch
+    import triton
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    have_ts = False
+    if triton_sigmoid_src:
+        sys.path.insert(0, os.path.join(triton_sigmoid_src, "src"))
+        try:
+            from triton_sigmoid import sigmoid_attention, sigmoid_attention_padded
+
+            have_ts = True
+        except Exception as e:  # noqa: BLE001 - report and go on without it
+            log(f"TritonSigmoid not importable: {e}")
+
+    dev = "cuda"
+    dt = torch.bfloat16
+    rows = []
+
+    def bench(fn):
+        return triton.testing.do_bench(fn, warmup=100, rep=250, return_mode="median")
+
+    def fwd_bwd(provider, forward, flops, d, n, pad, b, h):
+        row = {"provider": provider, "dtype": "bf16", "d": d, "n": n, "pad": pad,
+               "batch": b, "heads": h, "fwd_ms": None, "fwd_tflops": None,
+               "bwd_ms": None, "bwd_tflops": None, "check": "anchor"}
+        try:
+            for _ in range(10):  # lets autotuners settle
+                forward()
+            ms = bench(forward)
+            row["fwd_ms"], row["fwd_tflops"] = ms, flops / (ms * 1e-3) / 1e12
+            o = forward()
+            do = torch.randn_like(o)
+            ms = bench(lambda: o.backward(do, retain_graph=True))
+            row["bwd_ms"], row["bwd_tflops"] = ms, 2.5 * flops / (ms * 1e-3) / 1e12
+        except Exception as e:  # noqa: BLE001
+            row["check"] = f"error: {type(e).__name__}: {str(e)[:120]}"
+        torch.cuda.empty_cache()
+        log(f"{provider} D={d} N={n} pad={pad}: fwd {row['fwd_tflops']} bwd {row['bwd_tflops']}")
+        return row
+
+    for d in dims:
+        for n in seqs:
+            for pad in pads:
+                b, h = 16384 // n, 2048 // d
+                gen = torch.Generator(device=dev).manual_seed(n * 131 + d * 7 + pad)
+                if pad == 0:
+                    lens = torch.full((b,), n, dtype=torch.int32, device=dev)
+                else:
+                    lo = max(1, int(n * (1 - pad / 100)))
+                    lens = torch.randint(lo, n + 1, (b,), generator=gen, device=dev, dtype=torch.int32)
+                flops = 4.0 * h * d * float((lens.double() ** 2).sum())
+
+                def make():
+                    return [torch.randn(b, n, h, d, device=dev, dtype=dt, requires_grad=True)
+                            for _ in range(3)]
+
+                q, k, v = make()
+                if pad == 0:
+                    for name, backend in [("sdpa-flash", SDPBackend.FLASH_ATTENTION),
+                                          ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)]:
+                        def sdpa(backend=backend):
+                            with sdpa_kernel(backend):
+                                return torch.nn.functional.scaled_dot_product_attention(
+                                    q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+                        rows.append(fwd_bwd(name, sdpa, flops, d, n, pad, b, h))
+                if have_ts:
+                    if pad == 0:
+                        ts = lambda: sigmoid_attention(q, k, v)  # noqa: E731
+                    else:
+                        ts = lambda: sigmoid_attention_padded(  # noqa: E731
+                            q, k, v, seq_lens_k=lens, seq_lens_q=lens, is_causal=False)
+                    rows.append(fwd_bwd("triton-sigmoid", ts, flops, d, n, pad, b, h))
+                del q, k, v
+                torch.cuda.empty_cache()
+    return rows
+
+
+def fmt(x):
+    return "—" if x is None else f"{x:.0f}" if x >= 10 else f"{x:.2f}"
+
+
+def markdown(rows, device):
+    providers = []
+    for r in rows:
+        if r["provider"] not in providers:
+            providers.append(r["provider"])
+    by = {(r["provider"], r["d"], r["n"], r["pad"]): r for r in rows}
+    lines = [f"Device: {device}. TFLOPS, forward / backward (backward counted as 2.5× forward).", ""]
+    lines.append("| D | N | pad | " + " | ".join(providers) + " |")
+    lines.append("|---|---|---|" + "---|" * len(providers))
+    keys = sorted({(r["d"], r["n"], r["pad"]) for r in rows}, key=lambda k: (-k[0], k[1], k[2]))
+    for d, n, pad in keys:
+        cells = []
+        for p in providers:
+            r = by.get((p, d, n, pad))
+            if r is None:
+                cells.append("")
+            elif r.get("check", "").startswith(("FAILED", "error")):
+                cells.append(r["check"][:40])
+            else:
+                cells.append(f"{fmt(r['fwd_tflops'])} / {fmt(r['bwd_tflops'])}")
+        lines.append(f"| {d} | {n} | {pad}% | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib missing: no plot")
+        return False
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
+    for col, d in enumerate(DIMS):
+        for row_i, (key, label) in enumerate([("fwd_tflops", "forward"), ("bwd_tflops", "backward")]):
+            ax = axes[row_i][col]
+            for p in sorted({r["provider"] for r in rows}):
+                for pad, style in [(0, "-o"), (25, "--s")]:
+                    pts = sorted((r["n"], r[key]) for r in rows
+                                 if r["provider"] == p and r["d"] == d and r["pad"] == pad
+                                 and r.get(key) is not None)
+                    if pts:
+                        ax.plot([x for x, _ in pts], [y for _, y in pts], style,
+                                label=f"{p}{' pad25%' if pad else ''}")
+            ax.set_xscale("log", base=2)
+            ax.set_title(f"{label}, D={d}")
+            ax.set_xlabel("N")
+            ax.set_ylabel("TFLOPS")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ours", help="path of the bench_table binary")
+    ap.add_argument("--wgpu", action="store_true", help="also run our wgpu path (f16)")
+    ap.add_argument("--triton-sigmoid", help="TritonSigmoid source checkout (uses its src/)")
+    ap.add_argument("--no-anchors", action="store_true")
+    ap.add_argument("--out", default="report")
+    ap.add_argument("--d", default=",".join(map(str, DIMS)))
+    ap.add_argument("--n", default=",".join(map(str, SEQS)))
+    ap.add_argument("--pad", default=",".join(map(str, PADS)))
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    dims, seqs, pads = ([int(x) for x in s.split(",")] for s in (a.d, a.n, a.pad))
+    extra = ["--d", a.d, "--n", a.n, "--pad", a.pad]
+    rows = []
+    if a.ours:
+        rows += run_ours(a.ours, "cuda", "bf16", a.out, extra)
+        if a.wgpu:
+            rows += run_ours(a.ours, "wgpu", "f16", a.out, extra)
+    device = "unknown"
+    if not a.no_anchors:
+        import torch
+
+        device = torch.cuda.get_device_name()
+        rows += python_anchors(a.triton_sigmoid, dims, seqs, pads)
+    json.dump(rows, open(os.path.join(a.out, "compare.json"), "w"), indent=1)
+    md = markdown(rows, device)
+    open(os.path.join(a.out, "compare.md"), "w").write(md)
+    plot(rows, os.path.join(a.out, "compare.png"))
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
