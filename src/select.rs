@@ -167,7 +167,17 @@ type Constructor = fn() -> Result<Box<dyn HostRunner>>;
 fn candidates() -> Vec<Constructor> {
     vec![
         #[cfg(feature = "wgpu")]
-        || Ok(Box::new(crate::wgpu::WgpuBackend::new()?) as Box<dyn HostRunner>),
+        || {
+            let be = crate::wgpu::WgpuBackend::new()?;
+            // A software adapter (lavapipe, WARP) is far slower than the CPU backend.
+            if be.adapter_info().device_type == ::wgpu::DeviceType::Cpu {
+                return Err(Error::DeviceUnavailable {
+                    backend: "wgpu",
+                    reason: format!("only a software adapter ({})", be.adapter_info().name),
+                });
+            }
+            Ok(Box::new(be) as Box<dyn HostRunner>)
+        },
         || Ok(Box::new(CpuBackend::new()) as Box<dyn HostRunner>),
     ]
 }

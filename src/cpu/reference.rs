@@ -157,13 +157,24 @@ fn probabilities(
 ) {
     let d = plan.head_dim();
     let scale = plan.scale() as f64;
+    // Keys transposed, so the logits of one row accumulate as contiguous axpys over keys
+    // (vectorised, no horizontal sums).
+    let mut kt = vec![0.0; d * cols];
+    for c in 0..cols {
+        for (e, x) in k[(j0 + c) * d..(j0 + c + 1) * d].iter().enumerate() {
+            kt[e * cols + c] = *x;
+        }
+    }
     for r in 0..rows {
         let end = key_end(plan, seq, i0 + r);
-        let qr = &q[r * d..(r + 1) * d];
-        for c in 0..cols {
-            let j = j0 + c;
-            p[r * cols + c] = if j < end {
-                sigmoid(scale * dot(qr, &k[j * d..(j + 1) * d]) + bias)
+        let row = &mut p[r * cols..(r + 1) * cols];
+        row.fill(0.0);
+        for (e, &qe) in q[r * d..(r + 1) * d].iter().enumerate() {
+            axpy(row, qe, &kt[e * cols..(e + 1) * cols]);
+        }
+        for (c, x) in row.iter_mut().enumerate() {
+            *x = if j0 + c < end {
+                sigmoid(scale * *x + bias)
             } else {
                 0.0
             };
