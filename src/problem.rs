@@ -407,7 +407,7 @@ fn tensor_extent(
                 "strides of `{name}` make distinct rows overlap (stride {stride} < inner span {inner})"
             )));
         }
-        inner = stride * (extent - 1) + inner;
+        inner += stride * (extent - 1);
     }
     Ok(total)
 }

@@ -89,6 +89,7 @@ fn axpy(y: &mut [f64], a: f64, x: &[f64]) {
 }
 
 /// Copies rows `first..first + count` of head `h` of sequence `b` into a contiguous f64 block.
+#[allow(clippy::too_many_arguments)]
 fn gather<T: Store + ?Sized>(
     t: &T,
     s: &Strides,
