@@ -1,0 +1,323 @@
+//! Kernel parameters (`#[repr(C)]` twins of `kernels/params.cuh`), TMA tensor maps, and the
+//! translation of a [`Plan`] into one launch of the forward kernel.
+
+use std::ffi::c_void;
+use std::mem::MaybeUninit;
+
+use cudarc::driver::sys;
+
+use super::kernels::{TileConfig, Variant};
+use crate::{DType, Error, Plan, Result, Strides};
+
+const BACKEND: &str = "cuda";
+
+/// Per-sequence description; twin of `sa::SeqInfo` (24 bytes).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct SeqInfoRaw {
+    pub q_start: i32,
+    pub k_start: i32,
+    pub len_q: i32,
+    pub len_k: i32,
+    pub rows: i32,
+    pub bias: f32,
+}
+const _: () = assert!(std::mem::size_of::<SeqInfoRaw>() == 24);
+
+impl SeqInfoRaw {
+    /// The little-endian bytes the kernel reads.
+    fn to_bytes(self) -> [u8; 24] {
+        let mut b = [0u8; 24];
+        let words = [
+            self.q_start.to_le_bytes(),
+            self.k_start.to_le_bytes(),
+            self.len_q.to_le_bytes(),
+            self.len_k.to_le_bytes(),
+            self.rows.to_le_bytes(),
+            self.bias.to_le_bytes(),
+        ];
+        for (i, w) in words.iter().enumerate() {
+            b[4 * i..4 * i + 4].copy_from_slice(w);
+        }
+        b
+    }
+}
+
+/// Forward kernel parameters; twin of `sa::FwdParams` (88 bytes).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct FwdParams {
+    pub o_ptr: u64,
+    pub seq_ptr: u64,
+    pub o_stride_batch: i64,
+    pub o_stride_seq: i64,
+    pub o_stride_head: i64,
+    pub batch: i32,
+    pub heads: i32,
+    pub kv_group: i32,
+    pub causal: i32,
+    pub scale: f32,
+    pub uniform: SeqInfoRaw,
+    pub map_batch: i32,
+}
+const _: () = assert!(std::mem::size_of::<FwdParams>() == 88);
+
+/// A `CUtensorMap` as the kernel takes it (`sa::TensorMap`): 128 opaque bytes.
+#[repr(C, align(64))]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TensorMap(pub [u64; 16]);
+
+/// The global view of one tensor that a tensor map describes: dims (D, seq, heads, batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MapShape {
+    pub seq_extent: usize,
+    pub heads: usize,
+    /// 1 for packed input (the batch coordinate is always 0).
+    pub batch_extent: usize,
+    pub strides: Strides,
+}
+
+/// Everything about one forward launch that depends on the plan only (not on pointers).
+#[derive(Debug, Clone)]
+pub(crate) struct ForwardLaunch {
+    pub variant: Variant,
+    pub tiles: TileConfig,
+    pub grid: (u32, u32, u32),
+    /// Parameters with `o_ptr` and `seq_ptr` left at 0.
+    pub params: FwdParams,
+    /// Per-sequence table when sequences differ; `None` when `params.uniform` describes all.
+    pub seq_table: Option<Vec<u8>>,
+    pub q_map: MapShape,
+    pub k_map: MapShape,
+    pub v_map: MapShape,
+}
+
+fn unsupported(what: impl Into<String>) -> Error {
+    Error::Unsupported {
+        backend: BACKEND,
+        what: what.into(),
+    }
+}
+
+fn to_i32(x: usize, what: &str) -> Result<i32> {
+    i32::try_from(x).map_err(|_| unsupported(format!("{what} = {x} (above 2^31 - 1)")))
+}
+
+/// TMA needs 16-byte multiples for every stride it walks.
+fn check_map_strides(name: &str, s: &Strides, packed: bool, es: usize) -> Result<()> {
+    let mut all = vec![("seq", s.seq), ("head", s.head)];
+    if !packed {
+        all.push(("batch", s.batch));
+    }
+    for (which, v) in all {
+        if (v * es) % 16 != 0 {
+            return Err(unsupported(format!(
+                "{name} {which} stride of {v} elements (the TMA path needs multiples of 16 bytes)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that the plan fits the Hopper forward kernel and resolves its launch.
+pub(crate) fn describe_forward(plan: &Plan) -> Result<ForwardLaunch> {
+    let dtype = plan.dtype();
+    if !matches!(dtype, DType::F16 | DType::BF16) {
+        return Err(unsupported(format!(
+            "dtype {dtype} (the Hopper kernels take f16 and bf16)"
+        )));
+    }
+    let d = plan.head_dim();
+    let tiles = TileConfig::for_head_dim(d)
+        .ok_or_else(|| unsupported(format!("head dim {d} (the Hopper kernels have 64 and 128)")))?;
+    let variant = Variant {
+        dtype,
+        head_dim: d,
+        sigmoid: plan.sigmoid(),
+    };
+    let es = dtype.size_bytes();
+    let packed = plan.is_packed();
+    let st = plan.strides();
+    check_map_strides("q", &st.q, packed, es)?;
+    check_map_strides("k", &st.k, packed, es)?;
+    check_map_strides("v", &st.v, packed, es)?;
+    let o = st.o;
+    if o.seq % 2 != 0 || o.head % 2 != 0 || (!packed && o.batch % 2 != 0) {
+        return Err(unsupported(
+            "odd O strides (O is stored in pairs of elements)",
+        ));
+    }
+    let (batch, heads, kv_heads) = (plan.batch(), plan.heads(), plan.kv_heads());
+    if batch > 65_535 || heads > 65_535 {
+        return Err(unsupported(format!(
+            "{batch} sequences x {heads} heads (grid limit 65535 each)"
+        )));
+    }
+    to_i32(plan.seq_q(), "query rows")?;
+    to_i32(plan.seq_k(), "key rows")?;
+
+    let mut raw = Vec::with_capacity(batch);
+    for (s, &bias) in plan.seqs().iter().zip(plan.bias()) {
+        raw.push(SeqInfoRaw {
+            q_start: to_i32(s.q_start, "query start")?,
+            k_start: to_i32(s.k_start, "key start")?,
+            len_q: to_i32(s.len_q, "query length")?,
+            len_k: to_i32(s.len_k, "key length")?,
+            rows: to_i32(s.rows_q, "query rows")?,
+            bias,
+        });
+    }
+    let max_rows = plan.seqs().iter().map(|s| s.rows_q).max().unwrap_or(0);
+    let m_tiles = max_rows.div_ceil(tiles.block_m);
+    let uniform = raw.first().copied().unwrap_or_default();
+    let is_uniform = raw.iter().all(|r| r.to_bytes() == uniform.to_bytes());
+    let seq_table = (!is_uniform).then(|| raw.iter().flat_map(|r| r.to_bytes()).collect());
+
+    let params = FwdParams {
+        o_ptr: 0,
+        seq_ptr: 0,
+        o_stride_batch: if packed { 0 } else { o.batch as i64 },
+        o_stride_seq: o.seq as i64,
+        o_stride_head: o.head as i64,
+        batch: batch as i32,
+        heads: heads as i32,
+        kv_group: (heads / kv_heads) as i32,
+        causal: plan.causal() as i32,
+        scale: plan.scale(),
+        uniform,
+        map_batch: if packed { 0 } else { 1 },
+    };
+    let batch_extent = if packed { 1 } else { batch };
+    let map = |seq_extent, heads, strides| MapShape {
+        seq_extent,
+        heads,
+        batch_extent,
+        strides,
+    };
+    Ok(ForwardLaunch {
+        variant,
+        tiles,
+        grid: (m_tiles as u32, heads as u32, batch as u32),
+        params,
+        seq_table,
+        q_map: map(plan.seq_q(), heads, st.q),
+        k_map: map(plan.seq_k(), kv_heads, st.k),
+        v_map: map(plan.seq_k(), kv_heads, st.v),
+    })
+}
+
+/// Encodes a rank-4 tiled tensor map (D, seq, heads, batch) with 128-byte swizzle and a box of
+/// 64 columns x `box_rows` rows. Fails with `Unsupported` where TMA cannot describe the tensor.
+pub(crate) fn encode_map(
+    ptr: u64,
+    dtype: DType,
+    head_dim: usize,
+    m: &MapShape,
+    box_rows: usize,
+) -> Result<TensorMap> {
+    if ptr % 16 != 0 {
+        return Err(unsupported(format!(
+            "a tensor at address {ptr:#x} (TMA needs 16-byte alignment)"
+        )));
+    }
+    let es = dtype.size_bytes() as u64;
+    let (seq, head) = (m.strides.seq as u64 * es, m.strides.head as u64 * es);
+    // With one batch entry the stride is never walked, but it must still be a legal value.
+    let batch = if m.batch_extent == 1 {
+        let span = (seq * m.seq_extent as u64)
+            .max(head * m.heads as u64)
+            .max(16);
+        span.div_ceil(16) * 16
+    } else {
+        m.strides.batch as u64 * es
+    };
+    let dims: [u64; 4] = [
+        head_dim as u64,
+        m.seq_extent.max(1) as u64,
+        m.heads as u64,
+        m.batch_extent as u64,
+    ];
+    let strides: [u64; 3] = [seq, head, batch];
+    let boxes: [u32; 4] = [64, box_rows as u32, 1, 1];
+    let elem: [u32; 4] = [1, 1, 1, 1];
+    let data_type = match dtype {
+        DType::BF16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+        _ => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+    };
+    let mut out = MaybeUninit::<sys::CUtensorMap>::zeroed();
+    // SAFETY: every array has the length the rank (4) asks for; `out` is writable and aligned.
+    let rc = unsafe {
+        sys::cuTensorMapEncodeTiled(
+            out.as_mut_ptr(),
+            data_type,
+            4,
+            ptr as *mut c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            elem.as_ptr(),
+            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    };
+    rc.result().map_err(|e| {
+        unsupported(format!(
+            "a TMA view with dims {dims:?}, byte strides {strides:?} ({e})"
+        ))
+    })?;
+    // SAFETY: the driver initialised the map (zeroed before in any case).
+    let map = unsafe { out.assume_init() };
+    Ok(TensorMap(map.opaque))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Lengths, Problem};
+
+    #[test]
+    fn params_twin_offsets() {
+        // Offsets the kernel relies on (params.cuh).
+        let p = FwdParams::default();
+        let base = &p as *const _ as usize;
+        assert_eq!(&p.batch as *const _ as usize - base, 40);
+        assert_eq!(&p.scale as *const _ as usize - base, 56);
+        assert_eq!(&p.uniform as *const _ as usize - base, 60);
+        assert_eq!(&p.map_batch as *const _ as usize - base, 84);
+        assert_eq!(std::mem::align_of::<TensorMap>(), 64);
+        assert_eq!(std::mem::size_of::<TensorMap>(), 128);
+    }
+
+    #[test]
+    fn uniform_and_table() {
+        let plan = Problem::new(2, 300, 4, 128)
+            .with_dtype(DType::BF16)
+            .plan()
+            .unwrap();
+        let l = describe_forward(&plan).unwrap();
+        assert!(l.seq_table.is_none());
+        assert_eq!(l.grid, (3, 4, 2));
+        assert_eq!(l.params.uniform.rows, 300);
+
+        let plan = Problem::new(2, 300, 4, 64)
+            .with_dtype(DType::F16)
+            .with_lengths(Lengths::padded(&[300, 7]))
+            .plan()
+            .unwrap();
+        let l = describe_forward(&plan).unwrap();
+        assert_eq!(l.seq_table.as_ref().map(|t| t.len()), Some(48));
+    }
+
+    #[test]
+    fn declines_what_the_kernels_lack() {
+        for (d, dt) in [(64, DType::F32), (96, DType::BF16), (256, DType::F16)] {
+            let plan = Problem::new(1, 10, 1, d).with_dtype(dt).plan().unwrap();
+            assert!(matches!(
+                describe_forward(&plan),
+                Err(Error::Unsupported { .. })
+            ));
+        }
+    }
+}
