@@ -22,10 +22,23 @@ struct FwdConfig<128> {
     static constexpr int kStages = 2;
 };
 
+// Experiments may override the shape of the compiled head dim (not used by shipped cubins).
+#if defined(SA_BLOCK_M) && defined(SA_BLOCK_N) && defined(SA_STAGES) && defined(SA_HEAD_DIM)
+template <int D>
+struct FwdConfigOverride {
+    static constexpr int kBlockM = SA_BLOCK_M;
+    static constexpr int kBlockN = SA_BLOCK_N;
+    static constexpr int kStages = SA_STAGES;
+};
+#define SA_CONFIG FwdConfigOverride
+#else
+#define SA_CONFIG FwdConfig
+#endif
+
 /// Derived sizes shared by the kernel and the host (the host mirrors them in launch.rs).
 template <int D>
 struct FwdShape {
-    typedef FwdConfig<D> C;
+    typedef SA_CONFIG<D> C;
     static constexpr int kConsumers = C::kBlockM / 64;       // consumer warpgroups
     static constexpr int kThreads = 128 * (1 + kConsumers);  // + one producer warpgroup
     static constexpr int kSub = D / 64;                      // 64-column (128-byte) sub-tiles
@@ -33,7 +46,7 @@ struct FwdShape {
     static constexpr int kKVBytes = C::kBlockN * D * 2;      // one K or one V tile
     static constexpr int kQSubBytes = C::kBlockM * 128;
     static constexpr int kKVSubBytes = C::kBlockN * 128;
-    static constexpr int kBarrierBytes = 8 * (1 + 3 * C::kStages);
+    static constexpr int kBarrierBytes = 8 * (1 + 4 * C::kStages);
     // 1024 bytes of slack to align the dynamic shared-memory base to the swizzle atom.
     static constexpr int kSmemBytes = 1024 + kQBytes + 2 * C::kStages * kKVBytes + kBarrierBytes;
     static_assert(C::kBlockM % 64 == 0, "kBlockM is a multiple of the wgmma M (64)");

@@ -25,13 +25,13 @@
 namespace sa {
 
 constexpr int kD = SA_HEAD_DIM;
-typedef FwdConfig<kD> Cfg;
+typedef SA_CONFIG<kD> Cfg;
 typedef FwdShape<kD> Shape;
 constexpr int kBlockM = Cfg::kBlockM;
 constexpr int kBlockN = Cfg::kBlockN;
 constexpr int kStages = Cfg::kStages;
 static_assert(kD == 64 || kD == 128, "head dims with a tuned config: 64, 128");
-static_assert(kBlockN == 128, "the S wgmma below is m64n128");
+static_assert(kBlockN == 64 || kBlockN == 128 || kBlockN == 176, "S wgmma shapes: m64n{64,128,176}");
 
 // Register budgets after the warpgroups specialise (setmaxnreg); the sum over the CTA stays
 // within the 64K registers of an SM.
@@ -80,7 +80,8 @@ struct Smem {
     __device__ __forceinline__ u32 q_full() const { return bars; }
     __device__ __forceinline__ u32 k_full(int s) const { return bars + 8 * (1 + s); }
     __device__ __forceinline__ u32 v_full(int s) const { return bars + 8 * (1 + kStages + s); }
-    __device__ __forceinline__ u32 kv_empty(int s) const { return bars + 8 * (1 + 2 * kStages + s); }
+    __device__ __forceinline__ u32 k_empty(int s) const { return bars + 8 * (1 + 2 * kStages + s); }
+    __device__ __forceinline__ u32 v_empty(int s) const { return bars + 8 * (1 + 3 * kStages + s); }
     __device__ __forceinline__ u32 k_tile(int s) const { return k + s * Shape::kKVBytes; }
     __device__ __forceinline__ u32 v_tile(int s) const { return v + s * Shape::kKVBytes; }
 };
@@ -104,12 +105,15 @@ __device__ __forceinline__ void produce(const TensorMap& tm_q, const TensorMap& 
     for (int n = 0; n < tr.n_end; ++n) {
         const int s = n % kStages;
         const u32 phase = (n / kStages) & 1;
-        mbar_wait(sm.kv_empty(s), phase ^ 1);
         const int row = seq.k_start + n * kBlockN;
+        // K and V of a stage are released separately: K once every consumer has its S tile,
+        // V once the P V product is done, so the next K load starts a GEMM earlier.
+        mbar_wait(sm.k_empty(s), phase ^ 1);
         mbar_arrive_expect_tx(sm.k_full(s), Shape::kKVBytes);
 #pragma unroll
         for (int c = 0; c < Shape::kSub; ++c)
             tma_load_4d(sm.k_tile(s) + c * Shape::kKVSubBytes, &tm_k, sm.k_full(s), c * 64, row, kvh, bq);
+        mbar_wait(sm.v_empty(s), phase ^ 1);
         mbar_arrive_expect_tx(sm.v_full(s), Shape::kKVBytes);
 #pragma unroll
         for (int c = 0; c < Shape::kSub; ++c)
@@ -118,14 +122,21 @@ __device__ __forceinline__ void produce(const TensorMap& tm_q, const TensorMap& 
 }
 
 /// S = Q K^T for this warpgroup's 64 rows: kD/16 wgmma steps of k16, both operands K-major.
-__device__ __forceinline__ void gemm_qk(float (&s_acc)[kBlockN / 2], const Smem& sm, int stage, int cw) {
+template <int N>
+__device__ __forceinline__ void gemm_qk(float (&s_acc)[N / 2], const Smem& sm, int stage, int cw) {
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk) {
         const int c = kk / 4, w = kk % 4;
         const u64 da = wgmma_desc_sw128(sm.q + c * Shape::kQSubBytes + cw * 64 * 128 + w * 32, 16, 1024);
         const u64 db = wgmma_desc_sw128(sm.k_tile(stage) + c * Shape::kKVSubBytes + w * 32, 16, 1024);
-        wgmma_ss_n128<0>(s_acc, da, db, kk > 0 ? 1 : 0);
+        if constexpr (N == 128) {
+            wgmma_ss_n128<0>(s_acc, da, db, kk > 0 ? 1 : 0);
+        } else if constexpr (N == 176) {
+            wgmma_ss_n176<0>(s_acc, da, db, kk > 0 ? 1 : 0);
+        } else {
+            wgmma_ss_n64<0>(s_acc, da, db, kk > 0 ? 1 : 0);
+        }
     }
     wgmma_commit();
 }
@@ -229,44 +240,60 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
         // Default schedule: every wgmma group is waited for at once; the two consumer warpgroups
         // interleave on the tensor cores by themselves. (Measured on an H200: faster than the
         // SA_OVERLAP schedule below, 627 vs 483 TFLOPS at D=128, N=16k.)
+#if defined(SA_PINGPONG)
+        // The consumer warpgroups take turns to issue their S GEMMs (named barriers 1..C), so
+        // that one's sigmoid runs while the next one's GEMM occupies the tensor cores.
+        const u32 my_turn = 1 + cw, next_turn = 1 + (cw + 1) % Shape::kConsumers;
+        if (cw == Shape::kConsumers - 1) named_barrier_arrive(1, 128 * 2);
+#endif
         for (int n = 0; n < tr.n_end; ++n) {
             const int s = n % kStages;
             const u32 phase = (n / kStages) & 1;
             mbar_wait(sm.k_full(s), phase);
-            gemm_qk(s_acc, sm, s, cw);
+#if defined(SA_PINGPONG)
+            named_barrier_sync(my_turn, 128 * 2);
+#endif
+            gemm_qk<kBlockN>(s_acc, sm, s, cw);
+#if defined(SA_PINGPONG)
+            // The last warpgroup skips its final hand-over: every barrier phase is completed.
+            if (cw != Shape::kConsumers - 1 || n + 1 < tr.n_end) named_barrier_arrive(next_turn, 128 * 2);
+#endif
             wgmma_wait<0>();
             reg_fence(s_acc);
+            if (lane == 0) mbar_arrive(sm.k_empty(s));
             sigmoid_mask(s_acc, coef, needs_mask(n), row0, n * kBlockN + col_lane, seq.len_k, p.causal);
             pack_fragments(s_acc, pf);
             mbar_wait(sm.v_full(s), phase);
             gemm_pv<kD>(o, pf, sm, s);
             wgmma_wait<0>();
             reg_fence(o);
-            if (lane == 0) mbar_arrive(sm.kv_empty(s));
+            if (lane == 0) mbar_arrive(sm.v_empty(s));
         }
 #else
         // SA_OVERLAP schedule: S(n+1) = Q K(n+1)^T is issued before O += P(n) V(n); the sigmoid of
         // S(n+1) then runs on the SFU while P(n) V(n) is still on the tensor cores. O is never
         // rescaled, so nothing waits for the PV product except the reuse of the P registers.
         mbar_wait(sm.k_full(0), 0);
-        gemm_qk(s_acc, sm, 0, cw);
+        gemm_qk<kBlockN>(s_acc, sm, 0, cw);
         wgmma_wait<0>();
         reg_fence(s_acc);
+        if (lane == 0) mbar_arrive(sm.k_empty(0));
         sigmoid_mask(s_acc, coef, needs_mask(0), row0, col_lane, seq.len_k, p.causal);
         pack_fragments(s_acc, pf);
         for (int n = 0; n + 1 < tr.n_end; ++n) {
             const int s = n % kStages, s1 = (n + 1) % kStages;
             mbar_wait(sm.k_full(s1), ((n + 1) / kStages) & 1);
-            gemm_qk(s_acc, sm, s1, cw);
+            gemm_qk<kBlockN>(s_acc, sm, s1, cw);
             mbar_wait(sm.v_full(s), (n / kStages) & 1);
             gemm_pv<kD>(o, pf, sm, s);
             wgmma_wait<1>();  // S(n+1) is done; P(n) V(n) may still run
             reg_fence(s_acc);
+            if (lane == 0) mbar_arrive(sm.k_empty(s1));
             sigmoid_mask(s_acc, coef, needs_mask(n + 1), row0, (n + 1) * kBlockN + col_lane, seq.len_k,
                          p.causal);
             wgmma_wait<0>();
             reg_fence(o);
-            if (lane == 0) mbar_arrive(sm.kv_empty(s));
+            if (lane == 0) mbar_arrive(sm.v_empty(s));
             pack_fragments(s_acc, pf);
         }
         {
@@ -275,7 +302,7 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
             gemm_pv<kD>(o, pf, sm, s);
             wgmma_wait<0>();
             reg_fence(o);
-            if (lane == 0) mbar_arrive(sm.kv_empty(s));
+            if (lane == 0) mbar_arrive(sm.v_empty(s));
         }
 #endif
     }
@@ -304,7 +331,8 @@ extern "C" __global__ void __launch_bounds__(Shape::kThreads, 1)
         for (int s = 0; s < kStages; ++s) {
             mbar_init(sm.k_full(s), 1);
             mbar_init(sm.v_full(s), 1);
-            mbar_init(sm.kv_empty(s), 4 * Shape::kConsumers);  // one arrival per consumer warp
+            mbar_init(sm.k_empty(s), 4 * Shape::kConsumers);  // one arrival per consumer warp
+            mbar_init(sm.v_empty(s), 4 * Shape::kConsumers);
         }
         fence_barrier_init();
     }

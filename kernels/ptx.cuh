@@ -107,6 +107,11 @@ __device__ __forceinline__ void named_barrier_sync(u32 id, u32 threads) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
+/// `bar.arrive id, threads`: signals barrier `id` without waiting (producer side of a hand-over).
+__device__ __forceinline__ void named_barrier_arrive(u32 id, u32 threads) {
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 // ---------------------------------------------------------------- wgmma
 
 /// `wgmma.fence`: orders register accesses before the next wgmma.mma_async.
