@@ -30,6 +30,13 @@ typedef FwdShape<kD> Shape;
 constexpr int kBlockM = Cfg::kBlockM;
 constexpr int kBlockN = Cfg::kBlockN;
 constexpr int kStages = Cfg::kStages;
+#if defined(SA_PINGPONG)
+constexpr bool kPingPong = true;
+#elif defined(SA_NO_PINGPONG)
+constexpr bool kPingPong = false;
+#else
+constexpr bool kPingPong = Cfg::kPingPong;
+#endif
 static_assert(kD == 64 || kD == 128, "head dims with a tuned config: 64, 128");
 static_assert(kBlockN == 64 || kBlockN == 128 || kBlockN == 176, "S wgmma shapes: m64n{64,128,176}");
 
@@ -39,6 +46,12 @@ constexpr int kProducerRegs = Shape::kConsumers == 2 ? 24 : 32;
 constexpr int kConsumerRegs = Shape::kConsumers == 2 ? 240 : 160;
 static_assert(128 * kProducerRegs + 128 * Shape::kConsumers * kConsumerRegs <= 65536,
               "register budget of one SM");
+
+#if defined(SA_JOINT_EMPTY)
+constexpr bool kReleaseK = false;
+#else
+constexpr bool kReleaseK = true;
+#endif
 
 /// The sequence of batch element b: from the per-sequence table, or the uniform description.
 __device__ __forceinline__ SeqInfo load_seq(const FwdParams& p, int b) {
@@ -108,12 +121,18 @@ __device__ __forceinline__ void produce(const TensorMap& tm_q, const TensorMap& 
         const int row = seq.k_start + n * kBlockN;
         // K and V of a stage are released separately: K once every consumer has its S tile,
         // V once the P V product is done, so the next K load starts a GEMM earlier.
+#if defined(SA_JOINT_EMPTY)
+        mbar_wait(sm.v_empty(s), phase ^ 1);  // experiment: K and V released together
+#else
         mbar_wait(sm.k_empty(s), phase ^ 1);
+#endif
         mbar_arrive_expect_tx(sm.k_full(s), Shape::kKVBytes);
 #pragma unroll
         for (int c = 0; c < Shape::kSub; ++c)
             tma_load_4d(sm.k_tile(s) + c * Shape::kKVSubBytes, &tm_k, sm.k_full(s), c * 64, row, kvh, bq);
+#if !defined(SA_JOINT_EMPTY)
         mbar_wait(sm.v_empty(s), phase ^ 1);
+#endif
         mbar_arrive_expect_tx(sm.v_full(s), Shape::kKVBytes);
 #pragma unroll
         for (int c = 0; c < Shape::kSub; ++c)
@@ -240,27 +259,23 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
         // Default schedule: every wgmma group is waited for at once; the two consumer warpgroups
         // interleave on the tensor cores by themselves. (Measured on an H200: faster than the
         // SA_OVERLAP schedule below, 627 vs 483 TFLOPS at D=128, N=16k.)
-#if defined(SA_PINGPONG)
-        // The consumer warpgroups take turns to issue their S GEMMs (named barriers 1..C), so
-        // that one's sigmoid runs while the next one's GEMM occupies the tensor cores.
+        // With kPingPong the consumer warpgroups take turns to issue their S GEMMs (named
+        // barriers 1..C), so that one's sigmoid runs while the next one's GEMM occupies the
+        // tensor cores.
         const u32 my_turn = 1 + cw, next_turn = 1 + (cw + 1) % Shape::kConsumers;
-        if (cw == Shape::kConsumers - 1) named_barrier_arrive(1, 128 * 2);
-#endif
+        if (kPingPong && cw == Shape::kConsumers - 1) named_barrier_arrive(1, 128 * 2);
         for (int n = 0; n < tr.n_end; ++n) {
             const int s = n % kStages;
             const u32 phase = (n / kStages) & 1;
             mbar_wait(sm.k_full(s), phase);
-#if defined(SA_PINGPONG)
-            named_barrier_sync(my_turn, 128 * 2);
-#endif
+            if (kPingPong) named_barrier_sync(my_turn, 128 * 2);
             gemm_qk<kBlockN>(s_acc, sm, s, cw);
-#if defined(SA_PINGPONG)
             // The last warpgroup skips its final hand-over: every barrier phase is completed.
-            if (cw != Shape::kConsumers - 1 || n + 1 < tr.n_end) named_barrier_arrive(next_turn, 128 * 2);
-#endif
+            if (kPingPong && (cw != Shape::kConsumers - 1 || n + 1 < tr.n_end))
+                named_barrier_arrive(next_turn, 128 * 2);
             wgmma_wait<0>();
             reg_fence(s_acc);
-            if (lane == 0) mbar_arrive(sm.k_empty(s));
+            if (kReleaseK && lane == 0) mbar_arrive(sm.k_empty(s));
             sigmoid_mask(s_acc, coef, needs_mask(n), row0, n * kBlockN + col_lane, seq.len_k, p.causal);
             pack_fragments(s_acc, pf);
             mbar_wait(sm.v_full(s), phase);
@@ -277,7 +292,7 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
         gemm_qk<kBlockN>(s_acc, sm, 0, cw);
         wgmma_wait<0>();
         reg_fence(s_acc);
-        if (lane == 0) mbar_arrive(sm.k_empty(0));
+        if (kReleaseK && lane == 0) mbar_arrive(sm.k_empty(0));
         sigmoid_mask(s_acc, coef, needs_mask(0), row0, col_lane, seq.len_k, p.causal);
         pack_fragments(s_acc, pf);
         for (int n = 0; n + 1 < tr.n_end; ++n) {
@@ -288,7 +303,7 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
             gemm_pv<kD>(o, pf, sm, s);
             wgmma_wait<1>();  // S(n+1) is done; P(n) V(n) may still run
             reg_fence(s_acc);
-            if (lane == 0) mbar_arrive(sm.k_empty(s1));
+            if (kReleaseK && lane == 0) mbar_arrive(sm.k_empty(s1));
             sigmoid_mask(s_acc, coef, needs_mask(n + 1), row0, (n + 1) * kBlockN + col_lane, seq.len_k,
                          p.causal);
             wgmma_wait<0>();

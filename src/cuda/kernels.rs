@@ -37,7 +37,7 @@ impl TileConfig {
     pub fn for_head_dim(d: usize) -> Option<Self> {
         match d {
             64 => Some(TileConfig {
-                block_m: 128,
+                block_m: 192,
                 block_n: 128,
                 stages: 4,
             }),
