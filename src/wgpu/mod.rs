@@ -139,7 +139,20 @@ pub struct WgpuBackend {
     uncaptured: Arc<Mutex<Option<String>>>,
     /// Bound in place of zero-length tensors (bindings must not be empty).
     dummy: wgpu::Buffer,
+    /// Open `time_ms` session: passes recorded by `forward`/`backward` write timestamps here.
+    session: Mutex<Option<Session>>,
+    /// Tile shapes forced by [`WgpuBackend::set_tiles`] (tuning).
+    forced: Mutex<Vec<(Kernel, Tiles)>>,
 }
+
+/// Timestamp slots of one `time_ms` call.
+struct Session {
+    queries: wgpu::QuerySet,
+    used: u32,
+}
+
+/// Passes one `time_ms` call can time.
+const SESSION_PASSES: u32 = 256;
 
 impl std::fmt::Debug for WgpuBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -264,6 +277,8 @@ impl WgpuBackend {
             lost,
             uncaptured,
             dummy,
+            session: Mutex::new(None),
+            forced: Mutex::new(Vec::new()),
             device,
             queue,
         }
@@ -302,8 +317,32 @@ impl WgpuBackend {
         }
     }
 
+    /// Forces the tile shape of `kernel` for the head dim `tiles.d` (for tuning), or with
+    /// `None` returns every kernel to the automatic choice. Shapes the shaders cannot run, or
+    /// that exceed this device's limits, are refused.
+    pub fn set_tiles(&self, kernel: Kernel, tiles: Option<Tiles>) -> Result<()> {
+        let mut forced = lock(&self.forced);
+        match tiles {
+            None => forced.clear(),
+            Some(t) => {
+                if !t.fits(kernel, &self.tile_limits()) {
+                    return Err(unsupported(format!("{} tiles {t:?}", kernel.name())));
+                }
+                forced.retain(|(k, f)| !(*k == kernel && f.d == t.d));
+                forced.push((kernel, t));
+            }
+        }
+        Ok(())
+    }
+
     /// The tile shape `kernel` uses for head dim `d` on this device.
     pub fn tiles(&self, kernel: Kernel, d: usize) -> Result<Tiles> {
+        if let Some((_, t)) = lock(&self.forced)
+            .iter()
+            .find(|(k, t)| *k == kernel && t.d as usize == d)
+        {
+            return Ok(*t);
+        }
         choose_tiles(kernel, d as u32, &self.tile_limits()).ok_or_else(|| {
             unsupported(format!(
                 "head_dim {d}: no {} tile shape fits {} bytes of workgroup memory and {} \
@@ -742,6 +781,17 @@ impl WgpuBackend {
         })
     }
 
+    /// Two timestamp slots of the open `time_ms` session, if one is open and not full.
+    fn session_slot(&self) -> Option<(wgpu::QuerySet, u32)> {
+        let mut guard = lock(&self.session);
+        let s = guard.as_mut()?;
+        if s.used >= SESSION_PASSES {
+            return None;
+        }
+        s.used += 1;
+        Some((s.queries.clone(), 2 * (s.used - 1)))
+    }
+
     fn timed(
         &self,
         iters: u32,
@@ -940,7 +990,9 @@ impl Backend for WgpuBackend {
                 v: &v.buffer,
                 o: &o.buffer,
             };
-            self.record_forward(&mut enc, plan, bufs, None)?;
+            let slot = self.session_slot();
+            let timing = slot.as_ref().map(|(qs, i)| (qs, *i));
+            self.record_forward(&mut enc, plan, bufs, timing)?;
             self.queue.submit([enc.finish()]);
             Ok(())
         })
@@ -961,7 +1013,9 @@ impl Backend for WgpuBackend {
                 dv: &a.dv.buffer,
                 d_bias: a.d_bias.as_deref().map(|b| &b.buffer),
             };
-            self.record_backward(&mut enc, plan, bufs, None)?;
+            let slot = self.session_slot();
+            let timing = slot.as_ref().map(|(qs, i)| (qs, *i));
+            self.record_backward(&mut enc, plan, bufs, timing)?;
             self.queue.submit([enc.finish()]);
             Ok(())
         })
@@ -969,5 +1023,62 @@ impl Backend for WgpuBackend {
 
     fn synchronize(&self) -> Result<()> {
         self.wait()
+    }
+
+    /// With `TIMESTAMP_QUERY`: the summed kernel time of the passes that `forward` and
+    /// `backward` record while `enqueue` runs (timestamp queries at pass boundaries, so queue
+    /// gaps and uploads are not counted). Without it: the wall-clock default.
+    fn time_ms(&self, enqueue: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        if !self.timestamps {
+            self.synchronize()?;
+            let start = std::time::Instant::now();
+            enqueue()?;
+            self.synchronize()?;
+            return Ok(start.elapsed().as_secs_f64() * 1e3);
+        }
+        let queries = self.scoped(|| {
+            Ok(self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("sigmoid-attn time_ms"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2 * SESSION_PASSES,
+            }))
+        })?;
+        *lock(&self.session) = Some(Session { queries, used: 0 });
+        let run = enqueue();
+        let session = lock(&self.session).take();
+        run?;
+        let Some(Session { queries, used }) = session else {
+            return Err(driver("time_ms: the timing session disappeared"));
+        };
+        if used == 0 {
+            return Ok(0.0);
+        }
+        let count = 2 * used;
+        let bytes = 8 * u64::from(count);
+        let read = self.scoped(|| {
+            let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: bytes,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let read = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut enc = self.device.create_command_encoder(&Default::default());
+            enc.resolve_query_set(&queries, 0..count, &resolve, 0);
+            enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, bytes);
+            self.queue.submit([enc.finish()]);
+            Ok(read)
+        })?;
+        let ticks: Vec<u64> = self.read_back(&read, bytes)?;
+        let period = f64::from(self.queue.get_timestamp_period());
+        Ok(ticks
+            .chunks_exact(2)
+            .map(|t| t[1].wrapping_sub(t[0]) as f64 * period * 1e-6)
+            .sum())
     }
 }
