@@ -30,6 +30,8 @@ typedef FwdShape<kD> Shape;
 constexpr int kBlockM = Cfg::kBlockM;
 constexpr int kBlockN = Cfg::kBlockN;
 constexpr int kStages = Cfg::kStages;
+// Named barriers: 0 is __syncthreads, 1..kConsumers the ping-pong turns, then this one.
+constexpr u32 kBarrierVTail = 1 + Shape::kConsumers;
 #if defined(SA_PINGPONG)
 constexpr bool kPingPong = true;
 #elif defined(SA_NO_PINGPONG)
@@ -208,6 +210,24 @@ __device__ __forceinline__ void pack_fragments(const float (&s_acc)[kBlockN / 2]
     }
 }
 
+/// Zeroes the V rows of a tail tile past the sequence's last key (rows >= `valid`), so that
+/// NaN or Inf in padding memory cannot reach O through 0 * NaN. All consumer threads share
+/// the work and meet at a named barrier before any of them reads the tile.
+__device__ __forceinline__ void zero_v_tail(const Smem& sm, int stage, int valid) {
+    constexpr int kConsumerThreads = 128 * Shape::kConsumers;
+    const int t = threadIdx.x - 128;  // consumer threads are 128 .. 128 * (1 + kConsumers)
+    const int rows = kBlockN - valid;
+    const int chunks = rows * 8;  // 16-byte chunks per sub-tile (a whole row is zeroed, so the
+                                  // swizzle that permutes chunks within a row does not matter)
+    for (int c = t; c < chunks * Shape::kSub; c += kConsumerThreads) {
+        const int sub = c / chunks, rem = c % chunks;
+        const u32 addr = sm.v_tile(stage) + sub * Shape::kKVSubBytes + (valid + rem / 8) * 128 + (rem % 8) * 16;
+        st_shared_zero16(addr);
+    }
+    fence_proxy_async();  // the zeros are read next by wgmma (async proxy)
+    named_barrier_sync(kBarrierVTail, kConsumerThreads);
+}
+
 /// Writes this thread's rows of O (predicated: rows < seq.rows; zeros for rows >= len_q).
 __device__ __forceinline__ void store_o(const float (&o)[kD / 2], const FwdParams& p, const SeqInfo& seq,
                                         int row0, int lane, int h, int b) {
@@ -279,6 +299,7 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
             sigmoid_mask(s_acc, coef, needs_mask(n), row0, n * kBlockN + col_lane, seq.len_k, p.causal);
             pack_fragments(s_acc, pf);
             mbar_wait(sm.v_full(s), phase);
+            if ((n + 1) * kBlockN > seq.len_k) zero_v_tail(sm, s, seq.len_k - n * kBlockN);
             gemm_pv<kD>(o, pf, sm, s);
             wgmma_wait<0>();
             reg_fence(o);
@@ -300,6 +321,7 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
             mbar_wait(sm.k_full(s1), ((n + 1) / kStages) & 1);
             gemm_qk<kBlockN>(s_acc, sm, s1, cw);
             mbar_wait(sm.v_full(s), (n / kStages) & 1);
+            if ((n + 1) * kBlockN > seq.len_k) zero_v_tail(sm, s, seq.len_k - n * kBlockN);
             gemm_pv<kD>(o, pf, sm, s);
             wgmma_wait<1>();  // S(n+1) is done; P(n) V(n) may still run
             reg_fence(s_acc);
@@ -314,6 +336,7 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
         {
             const int n = tr.n_end - 1, s = n % kStages;
             mbar_wait(sm.v_full(s), (n / kStages) & 1);
+            if ((n + 1) * kBlockN > seq.len_k) zero_v_tail(sm, s, seq.len_k - n * kBlockN);
             gemm_pv<kD>(o, pf, sm, s);
             wgmma_wait<0>();
             reg_fence(o);

@@ -183,6 +183,11 @@ __device__ __forceinline__ float rcp_approx(float x) {
     return y;
 }
 
+/// `st.shared.v4.b32` of zeros: clears 16 bytes of shared memory.
+__device__ __forceinline__ void st_shared_zero16(u32 addr) {
+    asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};\n" ::"r"(addr), "r"(0) : "memory");
+}
+
 /// `st.global.b32` of a packed pair.
 __device__ __forceinline__ void st_global_b32(void* p, u32 v) {
     asm volatile("st.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
