@@ -80,9 +80,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         var s: array<vec4<f32>, MAX_S>;
         for (var d0 = 0u; d0 < D4; d0 += DC4) {
             for (var e = tid; e < BQ * DC4; e += WG) {
-                // Row-fastest: the transposed scalar stores below then hit distinct banks.
-                let r = e % BQ;
-                let c4 = e / BQ;
+                // Quad-fastest: coalesced loads (row-fastest, conflict-free stores, was slower).
+                let r = e / DC4;
+                let c4 = e % DC4;
                 var x = vec4<f32>(0.0);
                 if (q0 + r < sq.len_q && d0 + c4 < D4) {
                     x = load_quad(q[qbase + (q0 + r) * prm.q_str.y + d0 + c4]);
@@ -94,8 +94,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 sm[at + 3u * BQ4][r % 4u] = x.w;
             }
             for (var e = tid; e < BK * DC4; e += WG) {
-                let r = e % BK;
-                let c4 = e / BK;
+                let r = e / DC4;
+                let c4 = e % DC4;
                 var x = vec4<f32>(0.0);
                 if (k0 + r < kend && d0 + c4 < D4) {
                     x = load_quad(k[kbase + (k0 + r) * prm.k_str.y + d0 + c4]);
