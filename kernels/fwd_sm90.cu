@@ -10,9 +10,16 @@
 // registers, then O += P V by wgmma with P straight from registers. Sigmoid needs no row maximum,
 // no rescaling of O and no final normalisation, so O only ever accumulates.
 //
+// Lengths: query tiles past a sequence's rows exit at once, tiles past len_q only write zeros;
+// K/V tiles past len_k (and, when causal, above the diagonal) are never loaded; the one tail tile
+// is masked in registers and its V rows past len_k are zeroed in shared memory (padding may hold
+// anything, NaN included). Packed input uses per-sequence start rows (SeqInfo).
+//
 // Variant macros (set by build_cubins.py / src/cuda/nvrtc.rs):
-//   SA_HEAD_DIM = 64 | 128, SA_F16 (else bf16), SA_ACCURATE (else fast tanh sigmoid),
-//   SA_OVERLAP (experimental intra-warpgroup overlap of S(n+1) with P(n) V(n)).
+//   SA_HEAD_DIM = 64 | 128, SA_F16 (else bf16), SA_ACCURATE (else fast tanh sigmoid).
+// Experiment macros (never in shipped cubins): SA_OVERLAP (intra-warpgroup overlap of S(n+1)
+// with P(n) V(n)), SA_PINGPONG / SA_NO_PINGPONG, SA_JOINT_EMPTY, SA_NO_V_ZERO, and
+// SA_BLOCK_M + SA_BLOCK_N + SA_STAGES (tile override, config.cuh).
 #include "ptx.cuh"
 #include "params.cuh"
 #include "config.cuh"
@@ -281,9 +288,9 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
         u32 pf[kBlockN / 16][4];
         mbar_wait(sm.q_full(), 0);
 #if !defined(SA_OVERLAP)
-        // Default schedule: every wgmma group is waited for at once; the two consumer warpgroups
-        // interleave on the tensor cores by themselves. (Measured on an H200: faster than the
-        // SA_OVERLAP schedule below, 627 vs 483 TFLOPS at D=128, N=16k.)
+        // Default schedule: every wgmma group is waited for at once; the consumer warpgroups
+        // interleave on the tensor cores. (Measured on an H200: faster than the SA_OVERLAP
+        // schedule below, 627 vs 483 TFLOPS at D=128, N=16k; 424 vs 444 at D=64.)
         // With kPingPong the consumer warpgroups take turns to issue their S GEMMs (named
         // barriers 1..C), so that one's sigmoid runs while the next one's GEMM occupies the
         // tensor cores.

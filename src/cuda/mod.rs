@@ -17,6 +17,10 @@
 //!   [`CudaBackend::warm_up`] with the same plan it neither allocates device memory, loads
 //!   modules nor synchronises.
 //!
+//! Padding may hold anything (NaN included): keys past a sequence's length are masked, the V
+//! rows of the tail tile past it are zeroed in shared memory, and O rows past `len_q` are
+//! written as zeros.
+//!
 //! The fast sigmoid is `0.5 * tanh.approx(0.5 x) + 0.5` (one MUFU op per element); its tanh is
 //! accurate to about 2^-11 relative, so P has an absolute error of up to ~2.5e-4, large
 //! relative to P for very negative logits. `SigmoidMode::Accurate` uses `ex2` and `rcp`
