@@ -19,6 +19,11 @@
 //! `max_storage_buffer_binding_size` are refused with `Error::Unsupported`. Validation,
 //! out-of-memory and device-loss errors come back as `Error::Driver` (through error scopes),
 //! never as panics.
+//!
+//! Environment: `WGPU_BACKEND` (e.g. `vulkan`) and `WGPU_ADAPTER_NAME` (substring) narrow the
+//! adapter [`WgpuBackend::new`] picks; `SIGMOID_ATTN_WGPU_BOUNDS_CHECKS` (any value) compiles
+//! the kernels with wgpu's bounds checks and loop bounding (off by default: the host checks
+//! every buffer against the plan, and the checks cost speed).
 
 pub mod params;
 pub mod pipelines;
