@@ -160,7 +160,7 @@ impl Tiles {
         (self.rows / self.tm) * (self.cols / self.tn)
     }
 
-    /// Workgroup memory in vec4<f32> for `kernel`.
+    /// Workgroup memory in `vec4<f32>` units for `kernel`.
     pub fn smem4(&self, kernel: Kernel) -> u32 {
         let (r4, c4, d4) = (self.rows / 4, self.cols / 4, self.d / 4);
         match kernel {
