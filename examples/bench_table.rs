@@ -365,9 +365,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             r.check
         );
         let num = |x: Option<f64>| x.map_or("null".into(), |v| format!("{v}"));
-        let _ = write!(
+        let _ = writeln!(
             json,
-            "  {{\"backend\": \"{backend}\", \"dtype\": \"{}\", \"d\": {}, \"n\": {}, \"pad\": {}, \"batch\": {}, \"heads\": {}, \"fwd_ms\": {}, \"fwd_tflops\": {}, \"bwd_ms\": {}, \"bwd_tflops\": {}, \"check\": \"{}\"}}{}\n",
+            "  {{\"backend\": \"{backend}\", \"dtype\": \"{}\", \"d\": {}, \"n\": {}, \"pad\": {}, \"batch\": {}, \"heads\": {}, \"fwd_ms\": {}, \"fwd_tflops\": {}, \"bwd_ms\": {}, \"bwd_tflops\": {}, \"check\": \"{}\"}}{}",
             o.dtype,
             r.d,
             r.n,

@@ -3,6 +3,9 @@
 //! every backend is judged against; with `Precision::Emulate` it makes the rounding errors that
 //! a kernel storing in a low-precision dtype must make, which sets the tolerance.
 
+// Index loops on purpose: the formula reads like the math, element by element.
+#![allow(clippy::needless_range_loop)]
+
 use sigmoid_attn::{DType, HostTensor, Plan, SeqInfo, SigmoidMode};
 
 /// How the naive formula rounds.
