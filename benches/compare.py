@@ -45,7 +45,7 @@ def run_ours(binary, backend, dtype, out_dir, extra):
     return rows
 
 
-def python_anchors(triton_sigmoid_src, dims, seqs, pads):
+def python_anchors(triton_sigmoid_src, dims, seqs, pads, warmup_ms=100, rep_ms=250):
     import torch
     import triton
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -65,7 +65,7 @@ def python_anchors(triton_sigmoid_src, dims, seqs, pads):
     rows = []
 
     def bench(fn):
-        return triton.testing.do_bench(fn, warmup=100, rep=250, return_mode="median")
+        return triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
 
     def fwd_bwd(provider, forward, flops, d, n, pad, b, h):
         row = {"provider": provider, "dtype": "bf16", "d": d, "n": n, "pad": pad,
@@ -190,13 +190,16 @@ def main():
     ap.add_argument("--triton-sigmoid", help="TritonSigmoid source checkout (uses its src/)")
     ap.add_argument("--no-anchors", action="store_true")
     ap.add_argument("--out", default="report")
+    ap.add_argument("--reps", default="20", help="timed runs per configuration for ours")
+    ap.add_argument("--quick", action="store_true",
+                    help="shorter do_bench windows (25 ms warm-up, 100 ms timing) for the anchors")
     ap.add_argument("--d", default=",".join(map(str, DIMS)))
     ap.add_argument("--n", default=",".join(map(str, SEQS)))
     ap.add_argument("--pad", default=",".join(map(str, PADS)))
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     dims, seqs, pads = ([int(x) for x in s.split(",")] for s in (a.d, a.n, a.pad))
-    extra = ["--d", a.d, "--n", a.n, "--pad", a.pad]
+    extra = ["--d", a.d, "--n", a.n, "--pad", a.pad, "--reps", a.reps]
     rows = []
     if a.ours:
         rows += run_ours(a.ours, "cuda", "bf16", a.out, extra)
@@ -207,7 +210,8 @@ def main():
         import torch
 
         device = torch.cuda.get_device_name()
-        rows += python_anchors(a.triton_sigmoid, dims, seqs, pads)
+        windows = (25, 100) if a.quick else (100, 250)
+        rows += python_anchors(a.triton_sigmoid, dims, seqs, pads, *windows)
     json.dump(rows, open(os.path.join(a.out, "compare.json"), "w"), indent=1)
     md = markdown(rows, device)
     open(os.path.join(a.out, "compare.md"), "w").write(md)
