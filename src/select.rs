@@ -166,6 +166,8 @@ type Constructor = fn() -> Result<Box<dyn HostRunner>>;
 /// could not run the plan. The CPU comes last and runs everything.
 fn candidates() -> Vec<Constructor> {
     vec![
+        #[cfg(feature = "cuda")]
+        || Ok(Box::new(crate::cuda::CudaBackend::new()?) as Box<dyn HostRunner>),
         #[cfg(feature = "wgpu")]
         || {
             let be = crate::wgpu::WgpuBackend::new()?;
