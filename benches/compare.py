@@ -45,7 +45,8 @@ def run_ours(binary, backend, dtype, out_dir, extra):
     return rows
 
 
-def python_anchors(triton_sigmoid_src, dims, seqs, pads, warmup_ms=100, rep_ms=250):
+def python_anchors(triton_sigmoid_src, dims, seqs, pads, warmup_ms=100, rep_ms=250,
+                   on_row=lambda rows: None):
     import torch
     import triton
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -84,6 +85,8 @@ def python_anchors(triton_sigmoid_src, dims, seqs, pads, warmup_ms=100, rep_ms=2
             row["check"] = f"error: {type(e).__name__}: {str(e)[:120]}"
         torch.cuda.empty_cache()
         log(f"{provider} D={d} N={n} pad={pad}: fwd {row['fwd_tflops']} bwd {row['bwd_tflops']}")
+        rows.append(row)
+        on_row(rows)
         return row
 
     for d in dims:
@@ -110,14 +113,14 @@ def python_anchors(triton_sigmoid_src, dims, seqs, pads, warmup_ms=100, rep_ms=2
                             with sdpa_kernel(backend):
                                 return torch.nn.functional.scaled_dot_product_attention(
                                     q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-                        rows.append(fwd_bwd(name, sdpa, flops, d, n, pad, b, h))
+                        fwd_bwd(name, sdpa, flops, d, n, pad, b, h)
                 if have_ts:
                     if pad == 0:
                         ts = lambda: sigmoid_attention(q, k, v)  # noqa: E731
                     else:
                         ts = lambda: sigmoid_attention_padded(  # noqa: E731
                             q, k, v, seq_lens_k=lens, seq_lens_q=lens, is_causal=False)
-                    rows.append(fwd_bwd("triton-sigmoid", ts, flops, d, n, pad, b, h))
+                    fwd_bwd("triton-sigmoid", ts, flops, d, n, pad, b, h)
                 del q, k, v
                 torch.cuda.empty_cache()
     return rows
@@ -206,17 +209,23 @@ def main():
         if a.wgpu:
             rows += run_ours(a.ours, "wgpu", "f16", a.out, extra)
     device = "unknown"
+
+    def save(anchor_rows):
+        # Written after every row, so a run cut short still leaves its results.
+        everything = rows + anchor_rows
+        json.dump(everything, open(os.path.join(a.out, "compare.json"), "w"), indent=1)
+        open(os.path.join(a.out, "compare.md"), "w").write(markdown(everything, device))
+        return everything
+
+    everything = save([])
     if not a.no_anchors:
         import torch
 
         device = torch.cuda.get_device_name()
         windows = (25, 100) if a.quick else (100, 250)
-        rows += python_anchors(a.triton_sigmoid, dims, seqs, pads, *windows)
-    json.dump(rows, open(os.path.join(a.out, "compare.json"), "w"), indent=1)
-    md = markdown(rows, device)
-    open(os.path.join(a.out, "compare.md"), "w").write(md)
-    plot(rows, os.path.join(a.out, "compare.png"))
-    print(md)
+        everything = save(python_anchors(a.triton_sigmoid, dims, seqs, pads, *windows, on_row=save))
+    plot(everything, os.path.join(a.out, "compare.png"))
+    print(markdown(everything, device))
 
 
 if __name__ == "__main__":
