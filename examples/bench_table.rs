@@ -294,7 +294,8 @@ fn run_config<B: Backend>(be: &B, o: &Opts, d: usize, n: usize, pad: u32) -> Res
         }
     }
     if !notes.is_empty() {
-        row.check = notes.join("; ");
+        // Keep the verdict on what did run, then say what could not.
+        row.check = format!("{}; {}", row.check, notes.join("; "));
     }
     Ok(row)
 }
