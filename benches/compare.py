@@ -164,23 +164,28 @@ def plot(rows, path):
         log("matplotlib missing: no plot")
         return False
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
+    providers = sorted({r["provider"] for r in rows})
+    # One colour per provider in every panel, whichever passes it has.
+    colour = {p: f"C{i}" for i, p in enumerate(providers)}
     for col, d in enumerate(DIMS):
         for row_i, (key, label) in enumerate([("fwd_tflops", "forward"), ("bwd_tflops", "backward")]):
             ax = axes[row_i][col]
-            for p in sorted({r["provider"] for r in rows}):
+            for p in providers:
                 for pad, style in [(0, "-o"), (25, "--s")]:
                     pts = sorted((r["n"], r[key]) for r in rows
                                  if r["provider"] == p and r["d"] == d and r["pad"] == pad
                                  and r.get(key) is not None)
                     if pts:
                         ax.plot([x for x, _ in pts], [y for _, y in pts], style,
-                                label=f"{p}{' pad25%' if pad else ''}")
+                                color=colour[p], label=f"{p}{' pad25%' if pad else ''}")
             ax.set_xscale("log", base=2)
             ax.set_title(f"{label}, D={d}")
             ax.set_xlabel("N")
             ax.set_ylabel("TFLOPS")
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    for ax in axes.flat:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
