@@ -490,4 +490,22 @@ impl Backend for CudaBackend {
             .synchronize()
             .map_err(|e| driver_err("synchronize", e))
     }
+
+    /// Kernel time between two CUDA events recorded on the backend's stream around `enqueue`.
+    fn time_ms(&self, enqueue: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self
+            .stream
+            .record_event(timing)
+            .map_err(|e| driver_err("record start event", e))?;
+        enqueue()?;
+        let end = self
+            .stream
+            .record_event(timing)
+            .map_err(|e| driver_err("record end event", e))?;
+        let ms = start
+            .elapsed_ms(&end)
+            .map_err(|e| driver_err("event elapsed time", e))?;
+        Ok(ms as f64)
+    }
 }
