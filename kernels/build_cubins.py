@@ -27,7 +27,13 @@ MANIFEST = os.path.join(CUBIN_DIR, "manifest.json")
 PINNED_NVRTC = (13, 5)
 
 # Kernel -> source file. Every variant of a kernel is the product of the axes below.
-KERNELS = {"fwd": "fwd_sm90.cu"}
+KERNELS = {"fwd": "fwd_sm90.cu", "bwd": "bwd_sm90.cu"}
+# Entry points of each kernel's cubin (the backward cubin holds four).
+ENTRIES = {
+    "fwd": ["sigmoid_attn_fwd"],
+    "bwd": ["sigmoid_attn_bwd_dkdv", "sigmoid_attn_bwd_dq", "sigmoid_attn_bwd_dq_convert",
+            "sigmoid_attn_bwd_dbias"],
+}
 DTYPES = {"bf16": [], "f16": ["-DSA_F16"]}
 HEAD_DIMS = [64, 128]
 MODES = {"fast": [], "accurate": ["-DSA_ACCURATE"]}
@@ -120,16 +126,30 @@ class Nvrtc:
 
 
 def ptxas_report(log):
+    """Registers, stack, spills and static shared memory: the worst over the entry points."""
     regs = re.findall(r"Used (\d+) registers", log)
     stack = re.findall(r"(\d+) bytes stack frame", log)
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
     smem = re.findall(r"(\d+) bytes smem", log)
     return {
-        "registers": int(regs[0]) if regs else None,
+        "registers": max(int(r) for r in regs) if regs else None,
         "stack_bytes": max([int(s) for s in stack] or [0]),
         "spill_bytes": max([int(a) + int(b) for a, b in spills] or [0]),
-        "static_smem": int(smem[0]) if smem else 0,
+        "static_smem": max([int(x) for x in smem] or [0]),
     }
+
+
+def per_entry_registers(log):
+    """{entry: registers} from ptxas's "Compiling entry function 'x'" / "Used N registers"."""
+    out, current = {}, None
+    for line in log.splitlines():
+        m = re.search(r"entry function '([^']+)'", line)
+        if m:
+            current = m.group(1)
+        m = re.search(r"Used (\d+) registers", line)
+        if m and current:
+            out[current] = int(m.group(1))
+    return out
 
 
 def problems(report, log):
@@ -186,7 +206,9 @@ def main():
             failures.append(f"{name}: {b}")
         entry = {
             "name": name,
-            "kernel": "sigmoid_attn_" + name.split("_")[0],
+            "kernel": ENTRIES[name.split("_")[0]][0],
+            "entries": ENTRIES[name.split("_")[0]],
+            "registers_per_entry": per_entry_registers(log),
             "source": src,
             "options": options,
             "source_sha256": sha(source),

@@ -47,6 +47,18 @@ struct FwdConfigOverride {
 #define SA_CONFIG FwdConfig
 #endif
 
+/// Backward tiles (both head dims; kernels/bwd_sm90.cu). Two warpgroups of 128 threads, no
+/// producer warpgroup: thread 0 issues TMA for the tile after next once a step is done.
+/// Chosen for simplicity and to stay within 255 registers without spills, not yet tuned.
+template <int D>
+struct BwdConfig {
+    static constexpr int kKeyBlock = 128;   // dK/dV kernel: keys per CTA (64 per warpgroup)
+    static constexpr int kQueryTile = 64;   // dK/dV kernel: queries per step (wgmma N)
+    static constexpr int kQueryBlock = 128; // dQ kernel: queries per CTA (64 per warpgroup)
+    static constexpr int kKeyTile = 64;     // dQ kernel: keys per step (wgmma N)
+    static constexpr int kStages = 2;       // ring depth of the streamed tiles, both kernels
+};
+
 /// Derived sizes shared by the kernel and the host (the host mirrors them in launch.rs).
 template <int D>
 struct FwdShape {

@@ -1,4 +1,5 @@
-// Kernel parameters: the twin of `FwdParams` and `SeqInfo` in src/cuda/launch.rs.
+// Kernel parameters: the twins of `FwdParams`, `SeqInfo`, `BwdParams` and `BwdSeqInfo` in
+// src/cuda/launch.rs.
 // Field order, types and sizes must match exactly; the static_asserts and the Rust
 // `const _: () = assert!(size_of::<..>() == ..)` pin the sizes on both sides.
 #pragma once
@@ -32,6 +33,48 @@ struct FwdParams {
     int map_batch;    ///< 1: the tensor maps index batch b; 0: packed input (batch coordinate 0)
 };
 static_assert(sizeof(FwdParams) == 88, "FwdParams layout must match src/cuda/launch.rs");
+
+/// Per-sequence description for the backward kernels (twin of `BwdSeqInfoRaw` in
+/// src/cuda/launch.rs): the forward's fields plus the rows of dK/dV the sequence owns.
+struct BwdSeqInfo {
+    int q_start;  ///< first row along the Q/dO/dQ sequence axis
+    int k_start;  ///< first row along the K/V/dK/dV sequence axis
+    int len_q;    ///< valid query rows
+    int len_k;    ///< valid key rows
+    int rows_q;   ///< rows of dQ owned (written; rows >= len_q get zeros)
+    int rows_k;   ///< rows of dK/dV owned (written; rows >= len_k get zeros)
+    float bias;   ///< additive logit bias
+    int pad;
+};
+static_assert(sizeof(BwdSeqInfo) == 32, "BwdSeqInfo layout must match src/cuda/launch.rs");
+
+/// Everything the backward kernels need besides the tensor maps (twin of `BwdParams` in
+/// src/cuda/launch.rs). Strides are in elements; dQ, dK, dV share the strides of Q, K, V.
+struct BwdParams {
+    unsigned long long dq_ptr;             ///< dQ (storage dtype)
+    unsigned long long dk_ptr;             ///< dK (storage dtype)
+    unsigned long long dv_ptr;             ///< dV (storage dtype)
+    unsigned long long dq_accum_ptr;       ///< f32 dQ workspace (atomic mode), else 0
+    unsigned long long dbias_partial_ptr;  ///< f32 [batch][kv_heads][key_blocks] partial sums
+    unsigned long long dbias_ptr;          ///< f32 [batch], or 0 when d_bias is not wanted
+    unsigned long long seq_ptr;            ///< `batch` BwdSeqInfo, or 0 for `uniform`
+    long long dq_stride_batch, dq_stride_seq, dq_stride_head;
+    long long dk_stride_batch, dk_stride_seq, dk_stride_head;
+    long long dv_stride_batch, dv_stride_seq, dv_stride_head;
+    long long accum_rows_batch;  ///< workspace rows between sequences (padded: seq_q; packed: 0)
+    int batch;
+    int heads;
+    int kv_heads;
+    int kv_group;    ///< heads / kv_heads
+    int causal;      ///< 1: key j > query i is masked
+    float scale;     ///< multiplies q . k
+    int key_blocks;  ///< grid.x of the dK/dV kernel (key blocks per sequence and kv head)
+    int map_batch;   ///< 1: the tensor maps index batch b; 0: packed input
+    int atomic_dq;   ///< 1: the dK/dV kernel also adds dQ into dq_accum (fp32 atomics)
+    int pad0;
+    BwdSeqInfo uniform;  ///< used for every sequence when seq_ptr == 0
+};
+static_assert(sizeof(BwdParams) == 208, "BwdParams layout must match src/cuda/launch.rs");
 
 /// A CUtensorMap as the kernel sees it: 128 opaque bytes, 64-byte aligned.
 struct alignas(64) TensorMap {

@@ -193,6 +193,34 @@ __device__ __forceinline__ void st_global_b32(void* p, u32 v) {
     asm volatile("st.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
 }
 
+// ---------------------------------------------------------------- backward additions
+// (new wrappers only; the forward does not use them)
+
+/// `cvt.rn.{bf16,f16}.f32`: one value rounded to the storage type, as its 16 bits.
+__device__ __forceinline__ unsigned short to_storage_bits(float x) {
+    unsigned short r;
+    asm("cvt.rn." SA_PTX_DTYPE ".f32 %0, %1;\n" : "=h"(r) : "f"(x));
+    return r;
+}
+
+/// `st.shared.b16`: stores 16 bits to shared memory.
+__device__ __forceinline__ void st_shared_b16(u32 addr, unsigned short v) {
+    asm volatile("st.shared.b16 [%0], %1;\n" ::"r"(addr), "h"(v) : "memory");
+}
+
+/// `red.global.add.f32`: atomic add without a return value (fp32 reduction into global memory).
+__device__ __forceinline__ void red_add_f32(float* p, float v) {
+    asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(p), "f"(v) : "memory");
+}
+
+/// Byte offset of element (row, col) of a tile of 16-bit elements stored as rows of 128 bytes
+/// (64 elements) with the 128-byte swizzle that TMA's CU_TENSOR_MAP_SWIZZLE_128B writes and
+/// wgmma's layout type 1 reads: the 16-byte chunk index is XORed with (row % 8). The tile must
+/// start on a 1024-byte boundary.
+__device__ __forceinline__ u32 sw128_offset(int row, int col) {
+    return static_cast<u32>(row * 128 + ((((col >> 3) ^ (row & 7)) & 7) << 4) + (col & 7) * 2);
+}
+
 }  // namespace sa
 
 #include "wgmma.cuh"

@@ -1,0 +1,587 @@
+// Sigmoid attention backward for Hopper (sm_90a). EXPERIMENTAL: compiled and checked by ptxas
+// only; it has not yet run on a GPU (see kernels/dev/README.md for the one-call H200 check).
+//
+//   P  = sigmoid(scale * Q K^T + bias_b), masked (key j >= len_k, query i >= len_q, causal j > i)
+//   dV = P^T dO        dP = dO V^T        dS = dP * P * (1 - P)
+//   dK = scale * dS^T Q                   dQ = scale * dS K        d_bias_b = sum dS
+//
+// Nothing is saved by the forward: P is recomputed from Q, K and the bias, and sigmoid needs no
+// log-sum-exp and no rowsum(dO * O) pre-pass.
+//
+// Entry points (one cubin per dtype x head dim x sigmoid mode holds all four):
+//
+//   sigmoid_attn_bwd_dkdv     grid (key blocks, kv heads, batch). KV-block-outer: a CTA owns
+//                             kKeyBlock keys of one (sequence, kv head), 64 per warpgroup, and
+//                             keeps their dK and dV accumulators in registers while it walks
+//                             every query tile of every query head of the GQA group. Per tile:
+//                               S^T  = K Q^T    (wgmma SS, M = keys, N = queries)
+//                               dP^T = V dO^T   (wgmma SS)
+//                               P, dS in registers (masked by selects, never by multiplying)
+//                               dV  += P^T dO   (wgmma RS: P^T is already in the A layout)
+//                               dK  += dS^T Q   (wgmma RS)
+//                             and with atomic_dq = 1 also dQ_tile = dS K: dS goes to shared
+//                             memory (swizzled, K-major), a wgmma SS per 64 columns of D, then
+//                             red.global.add.f32 into the fp32 workspace dq_accum.
+//                             Each CTA writes its partial sum of dS to dbias_partial.
+//   sigmoid_attn_bwd_dq       deterministic mode: grid (query blocks, heads, batch).
+//                             Query-outer, no atomics: S = Q K^T, dP = dO V^T, dS, dQ += dS K
+//                             (RS), then dQ = scale * dQ written in the storage dtype.
+//   sigmoid_attn_bwd_dq_convert  atomic mode: dQ = scale * dq_accum in the storage dtype.
+//   sigmoid_attn_bwd_dbias    d_bias[b] = sum of the partials of sequence b, in a fixed order.
+//
+// Launch order (src/cuda/mod.rs): atomic mode: memset(dq_accum) -> dkdv(atomic_dq = 1) ->
+// dq_convert -> dbias; deterministic mode: dkdv(atomic_dq = 0) -> dq -> dbias. Every output
+// row the plan covers is written: dQ rows past len_q and dK/dV rows past len_k as zeros.
+//
+// Padding may hold anything, NaN included: tiles are zeroed in shared memory past the valid
+// rows wherever a masked (zero) factor would otherwise multiply them inside a GEMM (Q and dO
+// rows past len_q in dkdv, K and V rows past len_k in both kernels).
+//
+// No warp specialisation: both warpgroups compute; thread 0 issues the TMA loads. Streamed
+// tiles use a kStages ring; the load of tile t + kStages is issued after every thread has met
+// at a barrier at the end of step t (so the stage is free). Simple rather than fast.
+//
+// Variant macros: SA_HEAD_DIM = 64 | 128, SA_F16 (else bf16), SA_ACCURATE (else fast sigmoid).
+#include "ptx.cuh"
+#include "params.cuh"
+#include "config.cuh"
+#include "sigmoid.cuh"
+
+#ifndef SA_HEAD_DIM
+#define SA_HEAD_DIM 128
+#endif
+
+namespace sa {
+namespace bwd {
+
+constexpr int kD = SA_HEAD_DIM;
+typedef BwdConfig<kD> Cfg;
+static_assert(kD == 64 || kD == 128, "head dims of the backward: 64, 128");
+
+constexpr int kThreads = 256;  // two warpgroups
+constexpr int kSub = kD / 64;  // 64-column (128-byte) sub-tiles of a row
+constexpr int kStages = Cfg::kStages;
+
+// dK/dV kernel
+constexpr int kKvN = Cfg::kKeyBlock;    // keys per CTA
+constexpr int kKvM = Cfg::kQueryTile;   // queries per step
+constexpr int kKvKSub = kKvN * 128;     // bytes of one 64-column sub-tile of the K (or V) block
+constexpr int kKvQSub = kKvM * 128;     // bytes of one sub-tile of a Q (or dO) tile
+constexpr int kKvKBytes = kKvN * kD * 2;
+constexpr int kKvQBytes = kKvM * kD * 2;
+constexpr int kDsBytes = kKvM * 128;    // one warpgroup's dS tile: kKvM queries x 64 keys
+static_assert(kKvN == 128 && kKvM == 64, "the dK/dV kernel is written for 128 keys x 64 queries");
+
+// dQ kernel
+constexpr int kQM = Cfg::kQueryBlock;   // queries per CTA
+constexpr int kQN = Cfg::kKeyTile;      // keys per step
+constexpr int kQQSub = kQM * 128;
+constexpr int kQKSub = kQN * 128;
+constexpr int kQQBytes = kQM * kD * 2;
+constexpr int kQKBytes = kQN * kD * 2;
+static_assert(kQM == 128 && kQN == 64, "the dQ kernel is written for 128 queries x 64 keys");
+
+constexpr int kDkdvSmemBytes = 1024 + 2 * kKvKBytes + 2 * kStages * kKvQBytes + 2 * kDsBytes +
+                               8 * (1 + kStages);
+constexpr int kDqSmemBytes = 1024 + 2 * kQQBytes + 2 * kStages * kQKBytes + 8 * (1 + kStages);
+static_assert(kDkdvSmemBytes <= 227 * 1024 && kDqSmemBytes <= 227 * 1024, "shared memory");
+
+// Named barriers (0 is __syncthreads): all 256 threads; then one per warpgroup.
+constexpr u32 kBarAll = 1;
+constexpr u32 kBarWg0 = 2;
+
+__device__ __forceinline__ BwdSeqInfo load_seq(const BwdParams& p, int b) {
+    if (p.seq_ptr == 0) return p.uniform;
+    return reinterpret_cast<const BwdSeqInfo*>(p.seq_ptr)[b];
+}
+
+/// Zeroes rows [valid, rows) of a tile made of kSub sub-tiles of `rows` x 128 bytes (a whole
+/// row is cleared, so the swizzle inside it does not matter). All 256 threads take part; the
+/// caller fences and meets at a barrier before the tile is read by wgmma.
+__device__ __forceinline__ void zero_rows(u32 tile, int rows, int valid) {
+    const int chunks = (rows - valid) * 8;  // 16-byte chunks per sub-tile
+    for (int c = threadIdx.x; c < chunks * kSub; c += kThreads) {
+        const int sub = c / chunks, rem = c % chunks;
+        st_shared_zero16(tile + sub * rows * 128 + (valid + rem / 8) * 128 + (rem % 8) * 16);
+    }
+}
+
+/// Sum over the CTA in a fixed order (deterministic). All threads call it; thread 0 gets it.
+__device__ __forceinline__ float block_sum(float x) {
+    __shared__ float partial[kThreads / 32];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = x;
+    __syncthreads();
+    float s = 0.0f;
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < kThreads / 32; ++i) s += partial[i];
+    }
+    return s;
+}
+
+/// Packs a 64 x N f32 accumulator (N = 8 * F) into wgmma A fragments (16 columns each): the
+/// accumulator layout after packing pairs is the A-fragment layout, so nothing moves.
+template <int N>
+__device__ __forceinline__ void pack_fragments(const float (&acc)[N / 2], u32 (&f)[N / 16][4]) {
+#pragma unroll
+    for (int kk = 0; kk < N / 16; ++kk) {
+        f[kk][0] = pack2(acc[8 * kk + 0], acc[8 * kk + 1]);
+        f[kk][1] = pack2(acc[8 * kk + 2], acc[8 * kk + 3]);
+        f[kk][2] = pack2(acc[8 * kk + 4], acc[8 * kk + 5]);
+        f[kk][3] = pack2(acc[8 * kk + 6], acc[8 * kk + 7]);
+    }
+}
+
+/// acc(64 x 64) = A(64 x kD) B(64 x kD)^T, both K-major 128-byte-swizzled tiles in shared
+/// memory (rows of A from `a` + a_row * 128 within each sub-tile; sub-tiles a_sub / b_sub bytes
+/// apart). Used for S^T = K Q^T and dP^T = V dO^T (dkdv) and S = Q K^T, dP = dO V^T (dq).
+__device__ __forceinline__ void gemm_nt_64(float (&acc)[32], u32 a, int a_sub, int a_row, u32 b,
+                                           int b_sub) {
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+        const int c = kk / 4, w = kk % 4;
+        const u64 da = wgmma_desc_sw128(a + c * a_sub + a_row * 128 + w * 32, 16, 1024);
+        const u64 db = wgmma_desc_sw128(b + c * b_sub + w * 32, 16, 1024);
+        wgmma_ss_n64<0>(acc, da, db, kk > 0 ? 1 : 0);
+    }
+}
+
+/// acc(64 x kD) += F(64 x 64, registers) B(64 x kD), B a row-major (N-major) tile in shared
+/// memory whose 64-column sub-tiles are `b_sub` bytes apart: dV += P^T dO, dK += dS^T Q (dkdv)
+/// and dQ += dS K (dq). The leading byte offset steps between the sub-tiles along N.
+template <int D>
+__device__ __forceinline__ void gemm_rs_nn(float (&acc)[D / 2], const u32 (&f)[4][4], u32 b, int b_sub) {
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+        const u64 db = wgmma_desc_sw128(b + kk * 16 * 128, b_sub, 1024);
+        if constexpr (D == 128) {
+            wgmma_rs_n128<1>(acc, f[kk], db, 1);
+        } else {
+            wgmma_rs_n64<1>(acc, f[kk], db, 1);
+        }
+    }
+}
+
+/// Writes a 64 x kD accumulator tile (this warpgroup's rows) to a 16-bit tensor, multiplied by
+/// `mul`: rows r with first_row + r < rows are written, as zeros where first_row + r >= valid.
+__device__ __forceinline__ void store_rows(const float (&acc)[kD / 2], float mul, unsigned char* base,
+                                           long long stride_seq, int start, int first_row, int valid,
+                                           int rows, int row_in_wg, int lane) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int i = first_row + row_in_wg + 8 * half;
+        if (i < rows) {
+            const bool zero = i >= valid;
+            unsigned char* row = base + 2 * (static_cast<long long>(start + i) * stride_seq);
+#pragma unroll
+            for (int j = 0; j < kD / 8; ++j) {
+                const int col = 8 * j + 2 * (lane % 4);
+                const u32 v = zero ? 0u : pack2(mul * acc[4 * j + 2 * half], mul * acc[4 * j + 2 * half + 1]);
+                st_global_b32(row + 2 * col, v);
+            }
+        }
+    }
+}
+
+/// Shared memory of the dK/dV kernel: the CTA's K and V blocks (loaded once), a ring of Q/dO
+/// tiles, one dS tile per warpgroup (atomic mode), then the barriers.
+struct DkdvSmem {
+    u32 k, v, q, d_o, ds, bars;
+    __device__ __forceinline__ explicit DkdvSmem(u32 base) {
+        k = base;
+        v = k + kKvKBytes;
+        q = v + kKvKBytes;
+        d_o = q + kStages * kKvQBytes;
+        ds = d_o + kStages * kKvQBytes;
+        bars = ds + 2 * kDsBytes;
+    }
+    __device__ __forceinline__ u32 kv_full() const { return bars; }
+    __device__ __forceinline__ u32 full(int s) const { return bars + 8 * (1 + s); }
+    __device__ __forceinline__ u32 q_tile(int s) const { return q + s * kKvQBytes; }
+    __device__ __forceinline__ u32 do_tile(int s) const { return d_o + s * kKvQBytes; }
+    __device__ __forceinline__ u32 ds_tile(int wg) const { return ds + wg * kDsBytes; }
+};
+
+/// Query tiles [m_begin, m_end) that the key block starting at k0 meets: with causal masking
+/// only queries i >= k0 see any of its keys.
+struct QueryRange {
+    int m_begin, m_end;
+};
+
+__device__ __forceinline__ QueryRange query_range(const BwdSeqInfo& s, int k0, int causal) {
+    QueryRange r;
+    r.m_begin = causal ? k0 / kKvM : 0;
+    r.m_end = (s.len_q + kKvM - 1) / kKvM;
+    if (k0 >= s.len_k || r.m_end < r.m_begin) r.m_end = r.m_begin;  // nothing to do
+    return r;
+}
+
+}  // namespace bwd
+}  // namespace sa
+
+using namespace sa;
+using namespace sa::bwd;
+
+/// dK, dV (and, with p.atomic_dq, dQ into the fp32 workspace) for one block of kKvN keys of one
+/// (sequence, kv head). Grid: (key_blocks, kv_heads, batch). Block: 256 threads. Dynamic shared
+/// memory: kDkdvSmemBytes.
+extern "C" __global__ void __launch_bounds__(kThreads, 1)
+    sigmoid_attn_bwd_dkdv(const __grid_constant__ TensorMap tm_q, const __grid_constant__ TensorMap tm_k,
+                          const __grid_constant__ TensorMap tm_v, const __grid_constant__ TensorMap tm_do,
+                          const __grid_constant__ BwdParams p) {
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    const DkdvSmem sm((smem_addr(smem_raw) + 1023u) & ~1023u);
+
+    const int n_block = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
+    const BwdSeqInfo seq = load_seq(p, b);
+    const int k0 = n_block * kKvN;
+    const int wg = threadIdx.x / 128;
+    const int t = threadIdx.x % 128;
+    const int lane = t % 32;
+    const int row_in_wg = (t / 32) * 16 + lane / 4;  // accumulator row of elements e with (e>>1)&1 == 0
+    const int col_lane = 2 * (lane % 4);              // accumulator column offset of element 0
+    const int key_wg0 = k0 + wg * 64;                 // first key (in the sequence) of this warpgroup
+
+    const QueryRange qr = query_range(seq, k0, p.causal);
+    const int m_tiles = qr.m_end - qr.m_begin;
+    const int n_tiles = k0 < seq.rows_k ? p.kv_group * m_tiles : 0;  // steps: query heads x tiles
+
+    float dk[kD / 2], dv[kD / 2];
+#pragma unroll
+    for (int i = 0; i < kD / 2; ++i) {
+        dk[i] = 0.0f;
+        dv[i] = 0.0f;
+    }
+    float dbias = 0.0f;
+
+    if (n_tiles > 0) {  // uniform over the CTA
+        const int bq = b * p.map_batch;
+        // Step `it` covers query head kvh * kv_group + it / m_tiles, query tile
+        // m_begin + it % m_tiles. Issued by thread 0 into stage it % kStages.
+        auto load_step = [&](int it) {
+            const int s = it % kStages;
+            const int h = kvh * p.kv_group + it / m_tiles;
+            const int row = seq.q_start + (qr.m_begin + it % m_tiles) * kKvM;
+            mbar_arrive_expect_tx(sm.full(s), 2 * kKvQBytes);
+#pragma unroll
+            for (int c = 0; c < kSub; ++c) {
+                tma_load_4d(sm.q_tile(s) + c * kKvQSub, &tm_q, sm.full(s), c * 64, row, h, bq);
+                tma_load_4d(sm.do_tile(s) + c * kKvQSub, &tm_do, sm.full(s), c * 64, row, h, bq);
+            }
+        };
+        if (threadIdx.x == 0) {
+            mbar_init(sm.kv_full(), 1);
+            for (int s = 0; s < kStages; ++s) mbar_init(sm.full(s), 1);
+            fence_barrier_init();
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            tma_prefetch_desc(&tm_q);
+            tma_prefetch_desc(&tm_k);
+            tma_prefetch_desc(&tm_v);
+            tma_prefetch_desc(&tm_do);
+            mbar_arrive_expect_tx(sm.kv_full(), 2 * kKvKBytes);
+#pragma unroll
+            for (int c = 0; c < kSub; ++c) {
+                tma_load_4d(sm.k + c * kKvKSub, &tm_k, sm.kv_full(), c * 64, seq.k_start + k0, kvh, bq);
+                tma_load_4d(sm.v + c * kKvKSub, &tm_v, sm.kv_full(), c * 64, seq.k_start + k0, kvh, bq);
+            }
+            for (int it = 0; it < kStages && it < n_tiles; ++it) load_step(it);
+        }
+
+        // K and V rows past len_k may hold anything (NaN): zero them once. dS is 0 there, but
+        // 0 * NaN would still reach dQ through dS K.
+        mbar_wait(sm.kv_full(), 0);
+        if (k0 + kKvN > seq.len_k) {
+            zero_rows(sm.k, kKvN, seq.len_k - k0);
+            zero_rows(sm.v, kKvN, seq.len_k - k0);
+            fence_proxy_async();
+        }
+        named_barrier_sync(kBarAll, kThreads);
+
+        const SigmoidCoef coef = sigmoid_coef(p.scale, seq.bias);
+        for (int it = 0; it < n_tiles; ++it) {
+            const int s = it % kStages;
+            const int h = kvh * p.kv_group + it / m_tiles;
+            const int q0 = (qr.m_begin + it % m_tiles) * kKvM;
+            mbar_wait(sm.full(s), (it / kStages) & 1);
+            // Query rows past len_q: P and dS are 0 there, but 0 * NaN in dO or Q would reach
+            // dV and dK through the GEMMs. Zero them in this stage.
+            if (q0 + kKvM > seq.len_q) {
+                zero_rows(sm.q_tile(s), kKvM, seq.len_q - q0);
+                zero_rows(sm.do_tile(s), kKvM, seq.len_q - q0);
+                fence_proxy_async();
+                named_barrier_sync(kBarAll, kThreads);
+            }
+
+            // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys x kKvM queries.
+            float s_acc[kKvM / 2], dp_acc[kKvM / 2];
+            wgmma_fence();
+            gemm_nt_64(s_acc, sm.k, kKvKSub, wg * 64, sm.q_tile(s), kKvQSub);
+            gemm_nt_64(dp_acc, sm.v, kKvKSub, wg * 64, sm.do_tile(s), kKvQSub);
+            wgmma_commit();
+            wgmma_wait<0>();
+            reg_fence(s_acc);
+            reg_fence(dp_acc);
+
+            // P and dS in place. Element e: key row_in_wg + 8 * ((e >> 1) & 1) of the warpgroup,
+            // query 8 * (e / 4) + col_lane + (e & 1) of the tile.
+#pragma unroll
+            for (int e = 0; e < kKvM / 2; ++e) {
+                const int key = key_wg0 + row_in_wg + 8 * ((e >> 1) & 1);
+                const int query = q0 + 8 * (e / 4) + col_lane + (e & 1);
+                const bool keep = key < seq.len_k && query < seq.len_q && (!p.causal || key <= query);
+                const float pv = sigmoid_from_qk(s_acc[e], coef);
+                const float ds = dp_acc[e] * pv * (1.0f - pv);
+                s_acc[e] = keep ? pv : 0.0f;
+                dp_acc[e] = keep ? ds : 0.0f;
+                dbias += dp_acc[e];
+            }
+            u32 pf[kKvM / 16][4], dsf[kKvM / 16][4];
+            pack_fragments<kKvM>(s_acc, pf);
+            pack_fragments<kKvM>(dp_acc, dsf);
+
+            // dV += P^T dO, dK += dS^T Q (A from registers; dO and Q read N-major).
+            wgmma_fence();
+            gemm_rs_nn<kD>(dv, pf, sm.do_tile(s), kKvQSub);
+            gemm_rs_nn<kD>(dk, dsf, sm.q_tile(s), kKvQSub);
+            wgmma_commit();
+
+            if (p.atomic_dq) {
+                // dQ(q0.., :) += dS K over this warpgroup's 64 keys. dS (queries x keys) is
+                // written K-major into this warpgroup's swizzled tile, the layout TMA gives Q.
+                const u32 ds_tile = sm.ds_tile(wg);
+#pragma unroll
+                for (int e = 0; e < kKvM / 2; ++e) {
+                    const int key_local = row_in_wg + 8 * ((e >> 1) & 1);
+                    const int q_local = 8 * (e / 4) + col_lane + (e & 1);
+                    st_shared_b16(ds_tile + sw128_offset(q_local, key_local), to_storage_bits(dp_acc[e]));
+                }
+                fence_proxy_async();
+                named_barrier_sync(kBarWg0 + wg, 128);
+                float* accum = reinterpret_cast<float*>(p.dq_accum_ptr);
+#pragma unroll
+                for (int c = 0; c < kSub; ++c) {
+                    float dq[32];
+                    wgmma_fence();
+#pragma unroll
+                    for (int kk = 0; kk < 4; ++kk) {
+                        const u64 da = wgmma_desc_sw128(ds_tile + kk * 32, 16, 1024);
+                        const u64 db = wgmma_desc_sw128(sm.k + c * kKvKSub + (wg * 64 + kk * 16) * 128,
+                                                        kKvKSub, 1024);
+                        wgmma_ss_n64<1>(dq, da, db, kk > 0 ? 1 : 0);
+                    }
+                    wgmma_commit();
+                    wgmma_wait<0>();
+                    reg_fence(dq);
+#pragma unroll
+                    for (int half = 0; half < 2; ++half) {
+                        const int i = q0 + row_in_wg + 8 * half;
+                        if (i < seq.len_q) {
+                            const long long ws_row =
+                                static_cast<long long>(b) * p.accum_rows_batch + seq.q_start + i;
+                            float* dst = accum + (ws_row * p.heads + h) * kD + c * 64;
+#pragma unroll
+                            for (int j = 0; j < 8; ++j) {
+                                const int col = 8 * j + col_lane;
+                                red_add_f32(dst + col, dq[4 * j + 2 * half]);
+                                red_add_f32(dst + col + 1, dq[4 * j + 2 * half + 1]);
+                            }
+                        }
+                    }
+                }
+            }
+            wgmma_wait<0>();
+            reg_fence(dv);
+            reg_fence(dk);
+
+            // Every thread is done with stage s (and with its dS tile): refill the stage.
+            named_barrier_sync(kBarAll, kThreads);
+            if (threadIdx.x == 0 && it + kStages < n_tiles) load_step(it + kStages);
+        }
+    }
+
+    // Partial d_bias of this CTA, written by every CTA (zeros included) so that the reduction
+    // reads a complete table.
+    const float db = block_sum(dbias);
+    if (threadIdx.x == 0) {
+        float* partial = reinterpret_cast<float*>(p.dbias_partial_ptr);
+        partial[(static_cast<long long>(b) * p.kv_heads + kvh) * p.key_blocks + n_block] = db;
+    }
+
+    if (k0 < seq.rows_k) {
+        unsigned char* dk_base = reinterpret_cast<unsigned char*>(p.dk_ptr) +
+                                 2 * (static_cast<long long>(b) * p.dk_stride_batch +
+                                      static_cast<long long>(kvh) * p.dk_stride_head);
+        unsigned char* dv_base = reinterpret_cast<unsigned char*>(p.dv_ptr) +
+                                 2 * (static_cast<long long>(b) * p.dv_stride_batch +
+                                      static_cast<long long>(kvh) * p.dv_stride_head);
+        store_rows(dk, p.scale, dk_base, p.dk_stride_seq, seq.k_start, k0 + wg * 64, seq.len_k, seq.rows_k,
+                   row_in_wg, lane);
+        store_rows(dv, 1.0f, dv_base, p.dv_stride_seq, seq.k_start, k0 + wg * 64, seq.len_k, seq.rows_k,
+                   row_in_wg, lane);
+    }
+}
+
+/// Deterministic dQ: one CTA per kQM query rows of one (sequence, query head), walking the key
+/// tiles. Grid: (query blocks, heads, batch). Block: 256 threads. Dynamic shared memory:
+/// kDqSmemBytes.
+extern "C" __global__ void __launch_bounds__(kThreads, 1)
+    sigmoid_attn_bwd_dq(const __grid_constant__ TensorMap tm_q, const __grid_constant__ TensorMap tm_k,
+                        const __grid_constant__ TensorMap tm_v, const __grid_constant__ TensorMap tm_do,
+                        const __grid_constant__ BwdParams p) {
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    const u32 base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+    const u32 sq = base, sdo = sq + kQQBytes, sk = sdo + kQQBytes, sv = sk + kStages * kQKBytes;
+    const u32 bars = sv + kStages * kQKBytes;  // [0]: Q and dO, [1 + s]: K and V of stage s
+
+    const int m_block = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const BwdSeqInfo seq = load_seq(p, b);
+    const int m0 = m_block * kQM;
+    if (m0 >= seq.rows_q) return;  // uniform, before any barrier
+    const int kvh = h / p.kv_group;
+    const int wg = threadIdx.x / 128;
+    const int t = threadIdx.x % 128;
+    const int lane = t % 32;
+    const int row_in_wg = (t / 32) * 16 + lane / 4;
+    const int col_lane = 2 * (lane % 4);
+    const int query_wg0 = m0 + wg * 64;
+
+    // Key tiles [0, n_end): up to len_k and, when causal, up to the last query's diagonal.
+    int n_end = (seq.len_k + kQN - 1) / kQN;
+    if (p.causal) n_end = min(n_end, (min(m0 + kQM, seq.len_q) - 1) / kQN + 1);
+    const bool has_work = m0 < seq.len_q && n_end > 0;
+
+    float dq[kD / 2];
+#pragma unroll
+    for (int i = 0; i < kD / 2; ++i) dq[i] = 0.0f;
+
+    if (has_work) {
+        const int bq = b * p.map_batch;
+        auto load_kv = [&](int n) {
+            const int s = n % kStages;
+            const u32 bar = bars + 8 * (1 + s);
+            const int row = seq.k_start + n * kQN;
+            mbar_arrive_expect_tx(bar, 2 * kQKBytes);
+#pragma unroll
+            for (int c = 0; c < kSub; ++c) {
+                tma_load_4d(sk + s * kQKBytes + c * kQKSub, &tm_k, bar, c * 64, row, kvh, bq);
+                tma_load_4d(sv + s * kQKBytes + c * kQKSub, &tm_v, bar, c * 64, row, kvh, bq);
+            }
+        };
+        if (threadIdx.x == 0) {
+            for (int i = 0; i < 1 + kStages; ++i) mbar_init(bars + 8 * i, 1);
+            fence_barrier_init();
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            tma_prefetch_desc(&tm_q);
+            tma_prefetch_desc(&tm_k);
+            tma_prefetch_desc(&tm_v);
+            tma_prefetch_desc(&tm_do);
+            mbar_arrive_expect_tx(bars, 2 * kQQBytes);
+#pragma unroll
+            for (int c = 0; c < kSub; ++c) {
+                tma_load_4d(sq + c * kQQSub, &tm_q, bars, c * 64, seq.q_start + m0, h, bq);
+                tma_load_4d(sdo + c * kQQSub, &tm_do, bars, c * 64, seq.q_start + m0, h, bq);
+            }
+            for (int n = 0; n < kStages && n < n_end; ++n) load_kv(n);
+        }
+        // Q and dO rows past len_q need no zeroing here: every product stays within its row,
+        // and those rows of dQ are written as zeros.
+        mbar_wait(bars, 0);
+
+        const SigmoidCoef coef = sigmoid_coef(p.scale, seq.bias);
+        for (int n = 0; n < n_end; ++n) {
+            const int s = n % kStages;
+            const u32 k_tile = sk + s * kQKBytes, v_tile = sv + s * kQKBytes;
+            mbar_wait(bars + 8 * (1 + s), (n / kStages) & 1);
+            // K rows past len_k meet dS = 0 in dS K, and 0 * NaN is NaN: zero them (and V's).
+            if ((n + 1) * kQN > seq.len_k) {
+                zero_rows(k_tile, kQN, seq.len_k - n * kQN);
+                zero_rows(v_tile, kQN, seq.len_k - n * kQN);
+                fence_proxy_async();
+                named_barrier_sync(kBarAll, kThreads);
+            }
+
+            // S = Q K^T and dP = dO V^T for this warpgroup's 64 queries x kQN keys.
+            float s_acc[kQN / 2], dp_acc[kQN / 2];
+            wgmma_fence();
+            gemm_nt_64(s_acc, sq, kQQSub, wg * 64, k_tile, kQKSub);
+            gemm_nt_64(dp_acc, sdo, kQQSub, wg * 64, v_tile, kQKSub);
+            wgmma_commit();
+            wgmma_wait<0>();
+            reg_fence(s_acc);
+            reg_fence(dp_acc);
+
+            // dS in place. Element e: query row_in_wg + 8 * ((e >> 1) & 1) of the warpgroup,
+            // key 8 * (e / 4) + col_lane + (e & 1) of the tile.
+#pragma unroll
+            for (int e = 0; e < kQN / 2; ++e) {
+                const int query = query_wg0 + row_in_wg + 8 * ((e >> 1) & 1);
+                const int key = n * kQN + 8 * (e / 4) + col_lane + (e & 1);
+                const bool keep = key < seq.len_k && query < seq.len_q && (!p.causal || key <= query);
+                const float pv = sigmoid_from_qk(s_acc[e], coef);
+                const float ds = dp_acc[e] * pv * (1.0f - pv);
+                dp_acc[e] = keep ? ds : 0.0f;
+            }
+            u32 dsf[kQN / 16][4];
+            pack_fragments<kQN>(dp_acc, dsf);
+
+            // dQ += dS K (K read N-major).
+            wgmma_fence();
+            gemm_rs_nn<kD>(dq, dsf, k_tile, kQKSub);
+            wgmma_commit();
+            wgmma_wait<0>();
+            reg_fence(dq);
+
+            named_barrier_sync(kBarAll, kThreads);
+            if (threadIdx.x == 0 && n + kStages < n_end) load_kv(n + kStages);
+        }
+    }
+
+    unsigned char* dq_base = reinterpret_cast<unsigned char*>(p.dq_ptr) +
+                             2 * (static_cast<long long>(b) * p.dq_stride_batch +
+                                  static_cast<long long>(h) * p.dq_stride_head);
+    store_rows(dq, p.scale, dq_base, p.dq_stride_seq, seq.q_start, query_wg0, seq.len_q, seq.rows_q,
+               row_in_wg, lane);
+}
+
+/// Atomic mode: dQ = scale * dq_accum in the storage dtype (rows past len_q as zeros).
+/// Grid: (ceil(max rows_q / 32), heads, batch). Block: 256 threads.
+extern "C" __global__ void __launch_bounds__(kThreads)
+    sigmoid_attn_bwd_dq_convert(const __grid_constant__ BwdParams p) {
+    const int h = blockIdx.y, b = blockIdx.z;
+    const BwdSeqInfo seq = load_seq(p, b);
+    const float* accum = reinterpret_cast<const float*>(p.dq_accum_ptr);
+    unsigned char* dq_base = reinterpret_cast<unsigned char*>(p.dq_ptr) +
+                             2 * (static_cast<long long>(b) * p.dq_stride_batch +
+                                  static_cast<long long>(h) * p.dq_stride_head);
+    constexpr int kRows = 32, kPairs = kD / 2;
+    for (int idx = threadIdx.x; idx < kRows * kPairs; idx += kThreads) {
+        const int i = blockIdx.x * kRows + idx / kPairs;
+        const int col = 2 * (idx % kPairs);
+        if (i >= seq.rows_q) continue;
+        u32 v = 0u;
+        if (i < seq.len_q) {
+            const long long ws_row = static_cast<long long>(b) * p.accum_rows_batch + seq.q_start + i;
+            const float* src = accum + (ws_row * p.heads + h) * kD + col;
+            v = pack2(p.scale * src[0], p.scale * src[1]);
+        }
+        st_global_b32(dq_base + 2 * (static_cast<long long>(seq.q_start + i) * p.dq_stride_seq + col), v);
+    }
+}
+
+/// d_bias[b] = sum over kv heads and key blocks of the partials, in a fixed order.
+/// Grid: (batch). Block: 32 threads.
+extern "C" __global__ void __launch_bounds__(32) sigmoid_attn_bwd_dbias(const __grid_constant__ BwdParams p) {
+    const int b = blockIdx.x;
+    const int n = p.kv_heads * p.key_blocks;
+    const float* partial = reinterpret_cast<const float*>(p.dbias_partial_ptr) + static_cast<long long>(b) * n;
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < n; i += 32) s += partial[i];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (threadIdx.x == 0) reinterpret_cast<float*>(p.dbias_ptr)[b] = s;
+}
