@@ -18,6 +18,7 @@ use sigmoid_attn::{
     Backend, BackwardArgs, Bias, DType, Error, HostTensor, Layout, Lengths, Plan, Problem,
     SigmoidMode, Strides, TensorStrides,
 };
+use std::io::Write as _;
 
 /// splitmix64: small, seedable, good enough for test data.
 pub struct Rng(u64);
@@ -429,7 +430,10 @@ pub fn run_suite<B: Backend>(
     let be = match make() {
         Ok(b) => b,
         Err(e @ Error::DeviceUnavailable { .. }) if !required(backend) => {
-            println!("conformance {backend} {pass:?} {dtype}: skipped: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "conformance {backend} {pass:?} {dtype}: skipped: {e}"
+            );
             return;
         }
         Err(e) => panic!("conformance {backend}: could not create the backend: {e}"),
@@ -459,10 +463,14 @@ pub fn run_suite<B: Backend>(
         };
         report.push_str(&format!("  {tag:7} {:40} {ms:6} ms  {text}\n", c.name));
     }
-    println!(
-        "conformance {backend} {pass:?} {dtype} on {}:\n{report}conformance {backend} {pass:?} {dtype}: {passed} passed, {failed} failed, {skipped} skipped",
+    let summary = format!(
+        "conformance {backend} {pass:?} {dtype} on {}: {passed} passed, {failed} failed, {skipped} skipped",
         be.device_name()
     );
+    println!("{summary}:\n{report}");
+    // The one-line summary bypasses libtest's capture (it only captures the print macros), so
+    // CI logs show the counts of every suite without --nocapture.
+    let _ = writeln!(std::io::stderr(), "{summary}");
     assert_eq!(
         failed, 0,
         "{failed} conformance case(s) failed on {backend}"
