@@ -1,6 +1,7 @@
-//! The conformance suite on the Hopper (CUDA) backend, the raw-pointer entry point, and the
-//! standard-workload benchmark (`--ignored standard_workload`). Without the driver library or a
-//! Hopper GPU every test prints why it skipped.
+//! The conformance suite on the Hopper (CUDA) backend, the raw-pointer entry point, the
+//! deterministic backward, and the standard-workload benchmark (`--ignored standard_workload`).
+//! Without the driver library or a Hopper GPU every test prints why it skipped. The backward
+//! is experimental: its cases run only with `SIGMOID_ATTN_CUDA_BACKWARD=1` (else they skip).
 mod common;
 
 #[cfg(feature = "cuda")]
@@ -16,7 +17,7 @@ fn cuda_feature_disabled() {
 mod raw {
     use super::common::Rng;
     use sigmoid_attn::cuda::{CudaBackend, RawTensors};
-    use sigmoid_attn::{Backend, DType, Error, HostTensor, Lengths, Problem};
+    use sigmoid_attn::{Backend, BackwardArgs, DType, Error, HostTensor, Lengths, Plan, Problem};
 
     use cudarc::driver::result::stream::{self, StreamKind};
     use cudarc::driver::sys::CUevent_flags;
@@ -71,6 +72,102 @@ mod raw {
         let (a, b) = (be.download(&o1).unwrap(), be.download(&o2).unwrap());
         assert_eq!(a.as_bytes(), b.as_bytes());
         println!("cuda: forward_raw on a borrowed stream matches forward");
+    }
+
+    /// One backward on fresh NaN-poisoned outputs: the bytes of dQ, dK, dV and d_bias.
+    fn backward_bytes(
+        be: &CudaBackend,
+        plan: &Plan,
+        inputs: &[HostTensor; 4],
+    ) -> Result<[Vec<u8>; 4], Error> {
+        let dt = plan.dtype();
+        let up = |t: &HostTensor| be.upload(t);
+        let (q, k, v, d_o) = (
+            up(&inputs[0])?,
+            up(&inputs[1])?,
+            up(&inputs[2])?,
+            up(&inputs[3])?,
+        );
+        let nan = |dtype, len| be.upload(&HostTensor::filled(dtype, len, f32::NAN));
+        let mut dq = nan(dt, plan.q_elems())?;
+        let mut dk = nan(dt, plan.k_elems())?;
+        let mut dv = nan(dt, plan.v_elems())?;
+        let mut db = nan(DType::F32, plan.batch())?;
+        be.backward(
+            plan,
+            BackwardArgs {
+                q: &q,
+                k: &k,
+                v: &v,
+                d_o: &d_o,
+                dq: &mut dq,
+                dk: &mut dk,
+                dv: &mut dv,
+                d_bias: Some(&mut db),
+            },
+        )?;
+        Ok([
+            be.download(&dq)?.as_bytes().to_vec(),
+            be.download(&dk)?.as_bytes().to_vec(),
+            be.download(&dv)?.as_bytes().to_vec(),
+            be.download(&db)?.as_bytes().to_vec(),
+        ])
+    }
+
+    /// Deterministic mode: two backward runs give bitwise equal dQ, dK, dV and d_bias; the
+    /// atomic mode agrees with it up to the order of fp32 additions.
+    #[test]
+    fn deterministic_backward_is_bitwise_repeatable() {
+        let Some(be) = backend() else { return };
+        let plans = [
+            Problem::new(3, 333, 8, 128)
+                .with_kv_heads(2)
+                .with_dtype(DType::BF16)
+                .with_lengths(Lengths::padded(&[333, 200, 0])),
+            Problem::packed(&[0, 70, 71, 300], 4, 64)
+                .with_dtype(DType::F16)
+                .with_causal(true),
+        ];
+        for problem in plans {
+            let plan = problem.plan().unwrap();
+            if let Err(e) = be.supports_backward(&plan) {
+                println!("cuda deterministic backward: skipped: {e}");
+                return;
+            }
+            let mut rng = Rng::new(11);
+            let dt = plan.dtype();
+            let inputs = [
+                rng.tensor(dt, plan.q_elems()),
+                rng.tensor(dt, plan.k_elems()),
+                rng.tensor(dt, plan.v_elems()),
+                rng.tensor(dt, plan.o_elems()),
+            ];
+            be.set_deterministic(true);
+            let first = backward_bytes(&be, &plan, &inputs).unwrap();
+            let second = backward_bytes(&be, &plan, &inputs).unwrap();
+            for (name, (a, b)) in ["dq", "dk", "dv", "d_bias"]
+                .iter()
+                .zip(first.iter().zip(&second))
+            {
+                assert!(a == b, "{name} differs between two deterministic runs");
+            }
+            be.set_deterministic(false);
+            let atomic = backward_bytes(&be, &plan, &inputs).unwrap();
+            for (i, name) in ["dq", "dk", "dv"].iter().enumerate() {
+                let x = HostTensor::from_bytes(dt, &first[i]).to_f64();
+                let y = HostTensor::from_bytes(dt, &atomic[i]).to_f64();
+                let scale = x.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-6);
+                let diff = x
+                    .iter()
+                    .zip(&y)
+                    .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    diff <= 2e-2 * scale,
+                    "{name}: atomic and deterministic modes differ by {diff:.3e} (max |x| {scale:.3e})"
+                );
+            }
+            println!("cuda: deterministic backward repeatable bit for bit on {problem:?}");
+        }
     }
 
     /// The standard workload of DESIGN.md: bf16, [B, N, H, D], B = 16384/N, H = 2048/D,

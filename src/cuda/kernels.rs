@@ -3,9 +3,20 @@
 
 use crate::{DType, SigmoidMode};
 
-/// One compiled form of the forward kernel: storage type × head dim × sigmoid mode.
+/// Which kernel source a variant is built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Kernel {
+    /// `kernels/fwd_sm90.cu` (entry `sigmoid_attn_fwd`).
+    Forward,
+    /// `kernels/bwd_sm90.cu` (entries `BWD_DKDV`, `BWD_DQ`, `BWD_DQ_CONVERT`, `BWD_DBIAS`).
+    Backward,
+}
+
+/// One compiled form of a kernel: source × storage type × head dim × sigmoid mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Variant {
+    /// Forward or backward source.
+    pub kernel: Kernel,
     /// f16 or bf16.
     pub dtype: DType,
     /// 64 or 128.
@@ -19,6 +30,67 @@ pub(crate) const FWD_SOURCE: &str = "fwd_sm90.cu";
 
 /// Name of the kernel entry point in every forward variant.
 pub(crate) const FWD_ENTRY: &str = "sigmoid_attn_fwd";
+
+/// File of the backward kernels (also the NVRTC program name).
+pub(crate) const BWD_SOURCE: &str = "bwd_sm90.cu";
+
+/// Backward entry: dK, dV (and dQ into the fp32 workspace in atomic mode), KV-block-outer.
+pub(crate) const BWD_DKDV: &str = "sigmoid_attn_bwd_dkdv";
+/// Backward entry: deterministic dQ, query-outer.
+pub(crate) const BWD_DQ: &str = "sigmoid_attn_bwd_dq";
+/// Backward entry: dQ = scale · workspace in the storage dtype (atomic mode).
+pub(crate) const BWD_DQ_CONVERT: &str = "sigmoid_attn_bwd_dq_convert";
+/// Backward entry: d_bias from the per-CTA partial sums.
+pub(crate) const BWD_DBIAS: &str = "sigmoid_attn_bwd_dbias";
+
+/// Tile shape of the backward kernels (both head dims); mirrors `BwdConfig<D>` in
+/// `kernels/config.cuh` (checked by a test below).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BwdTiles {
+    /// dK/dV kernel: keys per CTA.
+    pub key_block: usize,
+    /// dK/dV kernel: queries per step.
+    pub query_tile: usize,
+    /// dQ kernel: queries per CTA.
+    pub query_block: usize,
+    /// dQ kernel: keys per step.
+    pub key_tile: usize,
+    /// Ring depth of the streamed tiles.
+    pub stages: usize,
+}
+
+impl BwdTiles {
+    /// The backward tiles (the same for D = 64 and 128).
+    pub fn get() -> Self {
+        BwdTiles {
+            key_block: 128,
+            query_tile: 64,
+            query_block: 128,
+            key_tile: 64,
+            stages: 2,
+        }
+    }
+
+    /// Threads per CTA of the dK/dV and dQ kernels (two warpgroups).
+    pub fn threads(&self) -> u32 {
+        256
+    }
+
+    /// Dynamic shared memory of the dK/dV kernel (`kDkdvSmemBytes` in bwd_sm90.cu).
+    pub fn dkdv_smem_bytes(&self, d: usize) -> u32 {
+        let kv = self.key_block * d * 2;
+        let qdo = self.query_tile * d * 2;
+        let ds = self.query_tile * 128;
+        (1024 + 2 * kv + 2 * self.stages * qdo + 2 * ds + 8 * (1 + self.stages)) as u32
+    }
+
+    /// Dynamic shared memory of the dQ kernel (`kDqSmemBytes` in bwd_sm90.cu).
+    pub fn dq_smem_bytes(&self, d: usize) -> u32 {
+        let qdo = self.query_block * d * 2;
+        let kv = self.key_tile * d * 2;
+        (1024 + 2 * qdo + 2 * self.stages * kv + 8 * (1 + self.stages)) as u32
+    }
+}
 
 /// Tile shape of one head dim; mirrors `FwdConfig<D>` / `FwdShape<D>` in `kernels/config.cuh`
 /// (checked by `tests/kernels.rs`).
@@ -65,8 +137,20 @@ impl TileConfig {
 }
 
 impl Variant {
+    /// The kernel's source file (also the NVRTC program name).
+    pub fn source(&self) -> &'static str {
+        match self.kernel {
+            Kernel::Forward => FWD_SOURCE,
+            Kernel::Backward => BWD_SOURCE,
+        }
+    }
+
     /// Stem of the cubin file and of the manifest entry, e.g. `fwd_bf16_d128_fast`.
     pub fn name(&self) -> String {
+        let kernel = match self.kernel {
+            Kernel::Forward => "fwd",
+            Kernel::Backward => "bwd",
+        };
         let dt = match self.dtype {
             DType::F16 => "f16",
             DType::BF16 => "bf16",
@@ -76,7 +160,7 @@ impl Variant {
             SigmoidMode::Fast => "fast",
             SigmoidMode::Accurate => "accurate",
         };
-        format!("fwd_{dt}_d{}_{mode}", self.head_dim)
+        format!("{kernel}_{dt}_d{}_{mode}", self.head_dim)
     }
 
     /// NVRTC options; identical to `build_cubins.py` so that both produce the same cubin.
@@ -119,7 +203,7 @@ macro_rules! cubin {
 }
 
 /// Every cubin listed in `kernels/cubin/manifest.json`.
-pub(crate) const SHIPPED: [(&str, &[u8]); 8] = [
+pub(crate) const SHIPPED: [(&str, &[u8]); 16] = [
     cubin!("fwd_bf16_d64_fast"),
     cubin!("fwd_bf16_d64_accurate"),
     cubin!("fwd_bf16_d128_fast"),
@@ -128,11 +212,20 @@ pub(crate) const SHIPPED: [(&str, &[u8]); 8] = [
     cubin!("fwd_f16_d64_accurate"),
     cubin!("fwd_f16_d128_fast"),
     cubin!("fwd_f16_d128_accurate"),
+    cubin!("bwd_bf16_d64_fast"),
+    cubin!("bwd_bf16_d64_accurate"),
+    cubin!("bwd_bf16_d128_fast"),
+    cubin!("bwd_bf16_d128_accurate"),
+    cubin!("bwd_f16_d64_fast"),
+    cubin!("bwd_f16_d64_accurate"),
+    cubin!("bwd_f16_d128_fast"),
+    cubin!("bwd_f16_d128_accurate"),
 ];
 
 /// The kernel sources, by the file name that `#include` uses.
-pub(crate) const SOURCES: [(&str, &str); 6] = [
+pub(crate) const SOURCES: [(&str, &str); 7] = [
     ("fwd_sm90.cu", include_str!("../../kernels/fwd_sm90.cu")),
+    ("bwd_sm90.cu", include_str!("../../kernels/bwd_sm90.cu")),
     ("ptx.cuh", include_str!("../../kernels/ptx.cuh")),
     ("wgmma.cuh", include_str!("../../kernels/wgmma.cuh")),
     ("params.cuh", include_str!("../../kernels/params.cuh")),
@@ -215,12 +308,53 @@ mod tests {
         }
     }
 
+    /// `BwdTiles` mirrors `BwdConfig<D>` in config.cuh.
+    #[test]
+    fn bwd_tiles_match_config_cuh() {
+        let text = SOURCES.iter().find(|(n, _)| *n == "config.cuh").unwrap().1;
+        let start = text.find("struct BwdConfig {").expect("BwdConfig");
+        let body = &text[start..start + text[start..].find("};").unwrap()];
+        let value = |name: &str| -> usize {
+            let at = body.find(&format!("{name} = ")).expect(name) + name.len() + 3;
+            body[at..]
+                .split(';')
+                .next()
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        let t = BwdTiles::get();
+        assert_eq!(t.key_block, value("kKeyBlock"));
+        assert_eq!(t.query_tile, value("kQueryTile"));
+        assert_eq!(t.query_block, value("kQueryBlock"));
+        assert_eq!(t.key_tile, value("kKeyTile"));
+        assert_eq!(t.stages, value("kStages"));
+        // Shared memory as the kernel computes it (bwd_sm90.cu), D = 128.
+        assert_eq!(t.dkdv_smem_bytes(128), 148_504);
+        assert_eq!(t.dq_smem_bytes(128), 132_120);
+    }
+
+    #[test]
+    fn flatten_backward_source() {
+        let src = flatten("bwd_sm90.cu").expect("all sources embedded");
+        assert!(!src.contains("#include \""));
+        assert_eq!(src.matches("struct BwdParams {").count(), 1);
+        for entry in [BWD_DKDV, BWD_DQ, BWD_DQ_CONVERT, BWD_DBIAS] {
+            assert!(src.contains(entry), "{entry}");
+        }
+    }
+
     #[test]
     fn every_supported_variant_is_shipped() {
-        for dtype in [DType::F16, DType::BF16] {
+        for (kernel, dtype) in [Kernel::Forward, Kernel::Backward]
+            .into_iter()
+            .flat_map(|k| [(k, DType::F16), (k, DType::BF16)])
+        {
             for head_dim in [64, 128] {
                 for sigmoid in [SigmoidMode::Fast, SigmoidMode::Accurate] {
                     let v = Variant {
+                        kernel,
                         dtype,
                         head_dim,
                         sigmoid,

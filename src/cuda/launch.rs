@@ -1,12 +1,12 @@
 //! Kernel parameters (`#[repr(C)]` twins of `kernels/params.cuh`), TMA tensor maps, and the
-//! translation of a [`Plan`] into one launch of the forward kernel.
+//! translation of a [`Plan`] into the launches of the forward and backward kernels.
 
 use std::ffi::c_void;
 use std::mem::MaybeUninit;
 
 use cudarc::driver::sys;
 
-use super::kernels::{TileConfig, Variant};
+use super::kernels::{BwdTiles, Kernel, TileConfig, Variant};
 use crate::{DType, Error, Plan, Result, Strides};
 
 const BACKEND: &str = "cuda";
@@ -131,6 +131,7 @@ pub(crate) fn describe_forward(plan: &Plan) -> Result<ForwardLaunch> {
     let tiles = TileConfig::for_head_dim(d)
         .ok_or_else(|| unsupported(format!("head dim {d} (the Hopper kernels have 64 and 128)")))?;
     let variant = Variant {
+        kernel: Kernel::Forward,
         dtype,
         head_dim: d,
         sigmoid: plan.sigmoid(),
@@ -203,6 +204,201 @@ pub(crate) fn describe_forward(plan: &Plan) -> Result<ForwardLaunch> {
         q_map: map(plan.seq_q(), heads, st.q),
         k_map: map(plan.seq_k(), kv_heads, st.k),
         v_map: map(plan.seq_k(), kv_heads, st.v),
+    })
+}
+
+/// Per-sequence description for the backward; twin of `sa::BwdSeqInfo` (32 bytes).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct BwdSeqInfoRaw {
+    pub q_start: i32,
+    pub k_start: i32,
+    pub len_q: i32,
+    pub len_k: i32,
+    pub rows_q: i32,
+    pub rows_k: i32,
+    pub bias: f32,
+    pub pad: i32,
+}
+const _: () = assert!(std::mem::size_of::<BwdSeqInfoRaw>() == 32);
+
+impl BwdSeqInfoRaw {
+    /// The little-endian bytes the kernels read.
+    fn to_bytes(self) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        let words = [
+            self.q_start.to_le_bytes(),
+            self.k_start.to_le_bytes(),
+            self.len_q.to_le_bytes(),
+            self.len_k.to_le_bytes(),
+            self.rows_q.to_le_bytes(),
+            self.rows_k.to_le_bytes(),
+            self.bias.to_le_bytes(),
+            self.pad.to_le_bytes(),
+        ];
+        for (i, w) in words.iter().enumerate() {
+            b[4 * i..4 * i + 4].copy_from_slice(w);
+        }
+        b
+    }
+}
+
+/// Backward kernel parameters; twin of `sa::BwdParams` (208 bytes). Strides in elements.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct BwdParams {
+    pub dq_ptr: u64,
+    pub dk_ptr: u64,
+    pub dv_ptr: u64,
+    pub dq_accum_ptr: u64,
+    pub dbias_partial_ptr: u64,
+    pub dbias_ptr: u64,
+    pub seq_ptr: u64,
+    pub dq_stride_batch: i64,
+    pub dq_stride_seq: i64,
+    pub dq_stride_head: i64,
+    pub dk_stride_batch: i64,
+    pub dk_stride_seq: i64,
+    pub dk_stride_head: i64,
+    pub dv_stride_batch: i64,
+    pub dv_stride_seq: i64,
+    pub dv_stride_head: i64,
+    pub accum_rows_batch: i64,
+    pub batch: i32,
+    pub heads: i32,
+    pub kv_heads: i32,
+    pub kv_group: i32,
+    pub causal: i32,
+    pub scale: f32,
+    pub key_blocks: i32,
+    pub map_batch: i32,
+    pub atomic_dq: i32,
+    pub pad0: i32,
+    pub uniform: BwdSeqInfoRaw,
+}
+const _: () = assert!(std::mem::size_of::<BwdParams>() == 208);
+
+/// Everything about one backward call that depends on the plan only (not on pointers or on
+/// the deterministic switch).
+#[derive(Debug, Clone)]
+pub(crate) struct BackwardLaunch {
+    pub variant: Variant,
+    pub tiles: BwdTiles,
+    /// dK/dV kernel: (key blocks, kv heads, batch).
+    pub dkdv_grid: (u32, u32, u32),
+    /// Deterministic dQ kernel: (query blocks, heads, batch).
+    pub dq_grid: (u32, u32, u32),
+    /// dQ conversion kernel (atomic mode): (32-row blocks, heads, batch).
+    pub convert_grid: (u32, u32, u32),
+    /// Parameters with every pointer left at 0 and `atomic_dq` at 0.
+    pub params: BwdParams,
+    /// Per-sequence table when sequences differ; `None` when `params.uniform` describes all.
+    pub seq_table: Option<Vec<u8>>,
+    /// f32 elements of the dQ workspace (atomic mode).
+    pub accum_elems: usize,
+    /// f32 elements of the d_bias partial sums (batch x kv heads x key blocks).
+    pub partial_elems: usize,
+    pub q_map: MapShape,
+    pub k_map: MapShape,
+    pub v_map: MapShape,
+    pub o_map: MapShape,
+}
+
+/// Checks that the plan fits the Hopper backward kernels and resolves their launches.
+pub(crate) fn describe_backward(plan: &Plan) -> Result<BackwardLaunch> {
+    // Same dtype, head dim, stride and size rules as the forward (dO is read through a tensor
+    // map like Q; dQ, dK, dV are written in pairs through the strides of Q, K, V).
+    let fwd = describe_forward(plan)?;
+    let packed = plan.is_packed();
+    let es = plan.dtype().size_bytes();
+    let st = plan.strides();
+    check_map_strides("o", &st.o, packed, es)?;
+    let tiles = BwdTiles::get();
+    let d = plan.head_dim();
+    let (batch, heads, kv_heads) = (plan.batch(), plan.heads(), plan.kv_heads());
+    to_i32(plan.seq_q(), "query rows")?;
+    to_i32(plan.seq_k(), "key rows")?;
+
+    let mut raw = Vec::with_capacity(batch);
+    for (s, &bias) in plan.seqs().iter().zip(plan.bias()) {
+        raw.push(BwdSeqInfoRaw {
+            q_start: to_i32(s.q_start, "query start")?,
+            k_start: to_i32(s.k_start, "key start")?,
+            len_q: to_i32(s.len_q, "query length")?,
+            len_k: to_i32(s.len_k, "key length")?,
+            rows_q: to_i32(s.rows_q, "query rows")?,
+            rows_k: to_i32(s.rows_k, "key rows")?,
+            bias,
+            pad: 0,
+        });
+    }
+    let max_rows_q = plan.seqs().iter().map(|s| s.rows_q).max().unwrap_or(0);
+    let max_rows_k = plan.seqs().iter().map(|s| s.rows_k).max().unwrap_or(0);
+    let key_blocks = max_rows_k.div_ceil(tiles.key_block);
+    let q_blocks = max_rows_q.div_ceil(tiles.query_block);
+    let convert_blocks = max_rows_q.div_ceil(32);
+    if key_blocks > i32::MAX as usize || convert_blocks > i32::MAX as usize {
+        return Err(unsupported("a sequence dimension this long"));
+    }
+    let uniform = raw.first().copied().unwrap_or_default();
+    let is_uniform = raw.iter().all(|r| r.to_bytes() == uniform.to_bytes());
+    let seq_table = (!is_uniform).then(|| raw.iter().flat_map(|r| r.to_bytes()).collect());
+
+    let accum_rows = if packed {
+        plan.seq_q()
+    } else {
+        batch * plan.seq_q()
+    };
+    let accum_elems = accum_rows
+        .checked_mul(heads * d)
+        .ok_or_else(|| unsupported("a dQ workspace this large"))?;
+    let partial_elems = batch * kv_heads * key_blocks;
+    let bstride = |s: &Strides| if packed { 0 } else { s.batch as i64 };
+    let params = BwdParams {
+        dq_stride_batch: bstride(&st.q),
+        dq_stride_seq: st.q.seq as i64,
+        dq_stride_head: st.q.head as i64,
+        dk_stride_batch: bstride(&st.k),
+        dk_stride_seq: st.k.seq as i64,
+        dk_stride_head: st.k.head as i64,
+        dv_stride_batch: bstride(&st.v),
+        dv_stride_seq: st.v.seq as i64,
+        dv_stride_head: st.v.head as i64,
+        accum_rows_batch: if packed { 0 } else { plan.seq_q() as i64 },
+        batch: batch as i32,
+        heads: heads as i32,
+        kv_heads: kv_heads as i32,
+        kv_group: (heads / kv_heads) as i32,
+        causal: plan.causal() as i32,
+        scale: plan.scale(),
+        key_blocks: key_blocks as i32,
+        map_batch: if packed { 0 } else { 1 },
+        uniform,
+        ..BwdParams::default()
+    };
+    let o_map = MapShape {
+        seq_extent: plan.seq_q(),
+        heads,
+        batch_extent: fwd.q_map.batch_extent,
+        strides: st.o,
+    };
+    Ok(BackwardLaunch {
+        variant: Variant {
+            kernel: Kernel::Backward,
+            ..fwd.variant
+        },
+        tiles,
+        dkdv_grid: (key_blocks as u32, kv_heads as u32, batch as u32),
+        dq_grid: (q_blocks as u32, heads as u32, batch as u32),
+        convert_grid: (convert_blocks as u32, heads as u32, batch as u32),
+        params,
+        seq_table,
+        accum_elems,
+        partial_elems,
+        q_map: fwd.q_map,
+        k_map: fwd.k_map,
+        v_map: fwd.v_map,
+        o_map,
     })
 }
 
@@ -291,6 +487,50 @@ mod tests {
     }
 
     #[test]
+    fn bwd_params_twin_offsets() {
+        // Offsets the kernels rely on (params.cuh).
+        let p = BwdParams::default();
+        let base = &p as *const _ as usize;
+        assert_eq!(&p.dq_stride_batch as *const _ as usize - base, 56);
+        assert_eq!(&p.accum_rows_batch as *const _ as usize - base, 128);
+        assert_eq!(&p.batch as *const _ as usize - base, 136);
+        assert_eq!(&p.scale as *const _ as usize - base, 156);
+        assert_eq!(&p.atomic_dq as *const _ as usize - base, 168);
+        assert_eq!(&p.uniform as *const _ as usize - base, 176);
+        assert_eq!(&p.uniform.bias as *const _ as usize - base, 176 + 24);
+    }
+
+    #[test]
+    fn backward_launch_shapes() {
+        let plan = Problem::new(2, 300, 8, 128)
+            .with_kv_heads(2)
+            .with_dtype(DType::BF16)
+            .with_lengths(Lengths::padded(&[300, 7]))
+            .plan()
+            .unwrap();
+        let l = describe_backward(&plan).unwrap();
+        assert_eq!(l.dkdv_grid, (3, 2, 2));
+        assert_eq!(l.dq_grid, (3, 8, 2));
+        assert_eq!(l.convert_grid, (10, 8, 2));
+        assert_eq!(l.accum_elems, 2 * 300 * 8 * 128);
+        assert_eq!(l.partial_elems, 2 * 2 * 3);
+        assert_eq!(l.params.kv_group, 4);
+        assert_eq!(l.params.accum_rows_batch, 300);
+        assert_eq!(l.seq_table.as_ref().map(|t| t.len()), Some(64));
+        assert_eq!(l.variant.kernel, Kernel::Backward);
+
+        let plan = Problem::packed(&[0, 5, 5, 133], 2, 64)
+            .with_dtype(DType::F16)
+            .plan()
+            .unwrap();
+        let l = describe_backward(&plan).unwrap();
+        assert_eq!(l.dkdv_grid, (1, 2, 3));
+        assert_eq!(l.params.accum_rows_batch, 0);
+        assert_eq!(l.params.dq_stride_batch, 0);
+        assert_eq!(l.accum_elems, 133 * 2 * 64);
+    }
+
+    #[test]
     fn uniform_and_table() {
         let plan = Problem::new(2, 300, 4, 128)
             .with_dtype(DType::BF16)
@@ -316,6 +556,10 @@ mod tests {
             let plan = Problem::new(1, 10, 1, d).with_dtype(dt).plan().unwrap();
             assert!(matches!(
                 describe_forward(&plan),
+                Err(Error::Unsupported { .. })
+            ));
+            assert!(matches!(
+                describe_backward(&plan),
                 Err(Error::Unsupported { .. })
             ));
         }

@@ -7,8 +7,18 @@
 //! - **What it runs.** The forward for f16 and bf16 with head dim 64 or 128, every
 //!   length/layout/mask combination a [`Plan`] allows whose strides TMA can walk (multiples of
 //!   16 bytes). Everything else is declined with [`Error::Unsupported`] so that callers fall
-//!   back (wgpu, then the CPU). The backward is not implemented here yet and is declined.
-//! - **Kernels.** `kernels/fwd_sm90.cu`, compiled ahead by `kernels/build_cubins.py` with a
+//!   back (wgpu, then the CPU).
+//! - **Backward (experimental, unverified).** `kernels/bwd_sm90.cu` implements the backward
+//!   (dQ, dK, dV, d_bias) for the same plans, but it has only been compiled, never run on a
+//!   GPU. It stays off unless the environment variable `SIGMOID_ATTN_CUDA_BACKWARD=1` is set
+//!   when the backend is created; otherwise [`Backend::supports_backward`] and
+//!   [`Backend::backward`] return [`Error::Unsupported`] and callers fall back. Two modes:
+//!   the default adds dQ in fp32 atomics from the KV-block-outer kernel (fast, not bitwise
+//!   repeatable); [`CudaBackend::set_deterministic`] (or `SIGMOID_ATTN_CUDA_DETERMINISTIC=1`)
+//!   computes dQ in a separate query-outer kernel with no float atomics, so that results are
+//!   bitwise repeatable. The fp32 workspaces are allocated on first use and kept (grown when a
+//!   larger plan needs more), so repeated calls do not allocate.
+//! - **Kernels.** `kernels/fwd_sm90.cu` and `kernels/bwd_sm90.cu`, compiled ahead by `kernels/build_cubins.py` with a
 //!   pinned NVRTC and embedded in the crate, so a machine with only the NVIDIA driver runs them.
 //!   Variants that are not shipped (or all of them, with `SIGMOID_ATTN_CUDA_JIT=1`) are
 //!   compiled at run time by NVRTC and cached on disk (see `nvrtc.rs`).
@@ -32,19 +42,21 @@ mod nvrtc;
 
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::{self, CUfunction_attribute};
 use cudarc::driver::{
-    result as driver_result, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr,
+    result as driver_result, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream,
+    DevicePtr,
 };
 use cudarc::nvrtc::Ptx;
 
 use crate::backend::{Backend, BackwardArgs};
 use crate::{DType, Error, HostTensor, Plan, Result};
 
-use kernels::Variant;
-use launch::{describe_forward, encode_map};
+use kernels::{Kernel, Variant};
+use launch::{describe_backward, describe_forward, encode_map, BackwardLaunch, TensorMap};
 
 pub use cudarc::driver::sys::CUstream;
 
@@ -108,13 +120,32 @@ pub struct RawTensors {
     pub o: u64,
 }
 
+/// Environment variable that turns the experimental backward on (`1`).
+pub const BACKWARD_ENV: &str = "SIGMOID_ATTN_CUDA_BACKWARD";
+
+/// Environment variable that makes the backward deterministic by default (`1`).
+pub const DETERMINISTIC_ENV: &str = "SIGMOID_ATTN_CUDA_DETERMINISTIC";
+
+/// The fp32 scratch memory of the backward, kept between calls.
+#[derive(Default)]
+struct Workspace {
+    /// dQ accumulated in fp32 (atomic mode).
+    accum: Option<CudaSlice<u8>>,
+    /// Per-CTA partial sums of d_bias.
+    partial: Option<CudaSlice<u8>>,
+}
+
 /// The Hopper backend on one device (its primary context).
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     device: String,
     jit: bool,
-    functions: Mutex<HashMap<Variant, CudaFunction>>,
+    backward_enabled: bool,
+    deterministic: AtomicBool,
+    modules: Mutex<HashMap<Variant, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<(Variant, &'static str), CudaFunction>>,
+    workspace: Mutex<Workspace>,
     /// Per-sequence tables already on the device, by their bytes (kept with their address).
     seq_tables: Mutex<HashMap<Vec<u8>, SeqTable>>,
 }
@@ -124,6 +155,8 @@ impl std::fmt::Debug for CudaBackend {
         f.debug_struct("CudaBackend")
             .field("device", &self.device)
             .field("jit", &self.jit)
+            .field("backward_enabled", &self.backward_enabled)
+            .field("deterministic", &self.is_deterministic())
             .finish()
     }
 }
@@ -166,8 +199,12 @@ impl CudaBackend {
             ctx,
             stream,
             device: format!("{name} (sm_90a, device {ordinal})"),
-            jit: std::env::var("SIGMOID_ATTN_CUDA_JIT").is_ok_and(|v| v == "1"),
+            jit: env_on("SIGMOID_ATTN_CUDA_JIT"),
+            backward_enabled: env_on(BACKWARD_ENV),
+            deterministic: AtomicBool::new(env_on(DETERMINISTIC_ENV)),
+            modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
+            workspace: Mutex::new(Workspace::default()),
             seq_tables: Mutex::new(HashMap::new()),
         })
     }
@@ -187,7 +224,7 @@ impl CudaBackend {
     /// synchronisation.
     pub fn warm_up(&self, plan: &Plan) -> Result<()> {
         let l = describe_forward(plan)?;
-        self.function(l.variant)?;
+        self.function(l.variant, kernels::FWD_ENTRY)?;
         if let Some(t) = &l.seq_table {
             self.seq_table(t)?;
         }
@@ -215,39 +252,144 @@ impl CudaBackend {
         self.launch_forward(plan, ptrs, stream)
     }
 
-    fn function(&self, v: Variant) -> Result<CudaFunction> {
-        let mut map = self.functions.lock().map_err(|_| poisoned())?;
-        if let Some(f) = map.get(&v) {
-            return Ok(f.clone());
+    /// True when the experimental backward is switched on (`SIGMOID_ATTN_CUDA_BACKWARD=1` at
+    /// creation).
+    pub fn backward_enabled(&self) -> bool {
+        self.backward_enabled
+    }
+
+    /// Selects the deterministic backward: dQ is computed by a separate query-outer kernel
+    /// without float atomics (about 40% more tensor work in the backward), so that repeated
+    /// runs give bitwise identical dQ, dK, dV and d_bias. Off by default unless
+    /// `SIGMOID_ATTN_CUDA_DETERMINISTIC=1`. dK, dV and d_bias are deterministic in both modes.
+    pub fn set_deterministic(&self, on: bool) {
+        self.deterministic.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether the backward runs in deterministic mode.
+    pub fn is_deterministic(&self) -> bool {
+        self.deterministic.load(Ordering::Relaxed)
+    }
+
+    /// Loads the backward kernels and allocates the workspaces and the per-sequence table that
+    /// `plan` needs, so that later backward calls with this plan do not allocate or load.
+    pub fn warm_up_backward(&self, plan: &Plan) -> Result<()> {
+        self.supports_backward(plan)?;
+        let l = describe_backward(plan)?;
+        for entry in [
+            kernels::BWD_DKDV,
+            kernels::BWD_DQ,
+            kernels::BWD_DQ_CONVERT,
+            kernels::BWD_DBIAS,
+        ] {
+            self.function(l.variant, entry)?;
+        }
+        if let Some(t) = &l.seq_table {
+            self.seq_table(t)?;
+        }
+        self.workspace_ptrs(&l, !self.is_deterministic())?;
+        Ok(())
+    }
+
+    /// The module of variant `v` (shipped cubin, or compiled at run time), loaded once.
+    fn module(&self, v: Variant) -> Result<Arc<CudaModule>> {
+        let mut map = self.modules.lock().map_err(|_| poisoned())?;
+        if let Some(m) = map.get(&v) {
+            return Ok(m.clone());
         }
         let cubin = match v.shipped_cubin() {
             Some(c) if !self.jit => c.to_vec(),
             _ => {
-                let source = kernels::flatten(kernels::FWD_SOURCE)
+                let source = kernels::flatten(v.source())
                     .ok_or_else(|| unavailable("kernel sources missing from the build"))?;
-                nvrtc::compile_cached(&v.name(), kernels::FWD_SOURCE, &source, &v.nvrtc_options())?
-                    .cubin
+                nvrtc::compile_cached(&v.name(), v.source(), &source, &v.nvrtc_options())?.cubin
             }
         };
         let module = self
             .ctx
             .load_module(Ptx::from_binary(cubin))
             .map_err(|e| driver_err(&format!("loading the {} cubin", v.name()), e))?;
+        map.insert(v, module.clone());
+        Ok(module)
+    }
+
+    /// Entry point `entry` of variant `v`, with its shared-memory limit raised as it needs.
+    fn function(&self, v: Variant, entry: &'static str) -> Result<CudaFunction> {
+        if let Some(f) = self
+            .functions
+            .lock()
+            .map_err(|_| poisoned())?
+            .get(&(v, entry))
+        {
+            return Ok(f.clone());
+        }
+        let module = self.module(v)?;
         let f = module
-            .load_function(kernels::FWD_ENTRY)
-            .map_err(|e| driver_err("finding the kernel entry", e))?;
-        let tiles =
-            kernels::TileConfig::for_head_dim(v.head_dim).ok_or_else(|| Error::Unsupported {
-                backend: BACKEND,
-                what: format!("head dim {}", v.head_dim),
-            })?;
-        f.set_attribute(
-            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            tiles.smem_bytes(v.head_dim) as i32,
-        )
-        .map_err(|e| driver_err("raising the shared-memory limit", e))?;
-        map.insert(v, f.clone());
+            .load_function(entry)
+            .map_err(|e| driver_err(&format!("finding the kernel entry {entry}"), e))?;
+        let smem = match v.kernel {
+            Kernel::Forward => kernels::TileConfig::for_head_dim(v.head_dim)
+                .ok_or_else(|| Error::Unsupported {
+                    backend: BACKEND,
+                    what: format!("head dim {}", v.head_dim),
+                })?
+                .smem_bytes(v.head_dim),
+            Kernel::Backward => {
+                let t = kernels::BwdTiles::get();
+                match entry {
+                    kernels::BWD_DKDV => t.dkdv_smem_bytes(v.head_dim),
+                    kernels::BWD_DQ => t.dq_smem_bytes(v.head_dim),
+                    _ => 0,
+                }
+            }
+        };
+        if smem > 0 {
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+            .map_err(|e| driver_err("raising the shared-memory limit", e))?;
+        }
+        self.functions
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert((v, entry), f.clone());
         Ok(f)
+    }
+
+    /// Device addresses of the backward workspaces (dQ accumulator only when `atomic`), grown
+    /// when this plan needs more than the last one. Reused across calls on the backend's
+    /// stream, which orders them.
+    fn workspace_ptrs(&self, l: &BackwardLaunch, atomic: bool) -> Result<(u64, u64)> {
+        let mut ws = self.workspace.lock().map_err(|_| poisoned())?;
+        let accum_bytes = if atomic { l.accum_elems * 4 } else { 0 };
+        let partial_bytes = (l.partial_elems * 4).max(4);
+        let grow = |slot: &mut Option<CudaSlice<u8>>, bytes: usize| -> Result<()> {
+            if bytes == 0 || slot.as_ref().is_some_and(|s| s.len() >= bytes) {
+                return Ok(());
+            }
+            // The old buffer may still be in use by queued kernels: its free is ordered on the
+            // stream, but wait anyway so that peak memory stays bounded.
+            if slot.is_some() {
+                self.stream
+                    .synchronize()
+                    .map_err(|e| driver_err("synchronize", e))?;
+            }
+            *slot = None;
+            // SAFETY: the contents are scratch, written before they are read.
+            let s = unsafe { self.stream.alloc::<u8>(bytes) }
+                .map_err(|e| driver_err("allocating the backward workspace", e))?;
+            *slot = Some(s);
+            Ok(())
+        };
+        grow(&mut ws.accum, accum_bytes)?;
+        grow(&mut ws.partial, partial_bytes)?;
+        let ptr = |slot: &Option<CudaSlice<u8>>| {
+            slot.as_ref()
+                .map(|s| s.device_ptr(&self.stream).0)
+                .unwrap_or(0)
+        };
+        Ok((if atomic { ptr(&ws.accum) } else { 0 }, ptr(&ws.partial)))
     }
 
     /// Device address of the per-sequence table with these bytes (uploaded once).
@@ -287,7 +429,7 @@ impl CudaBackend {
         self.ctx
             .bind_to_thread()
             .map_err(|e| driver_err("binding the context", e))?;
-        let f = self.function(l.variant)?;
+        let f = self.function(l.variant, kernels::FWD_ENTRY)?;
         let seq_ptr = match &l.seq_table {
             Some(t) => self.seq_table(t)?,
             None => 0,
@@ -327,15 +469,151 @@ impl CudaBackend {
         .map_err(|e| driver_err("launching the forward kernel", e))
     }
 
+    /// Enqueues the backward kernels on the backend's stream (see kernels/bwd_sm90.cu for the
+    /// order and what each writes).
+    fn launch_backward(&self, plan: &Plan, ptrs: BackwardPtrs) -> Result<()> {
+        let l = describe_backward(plan)?;
+        let stream = self.stream.cu_stream();
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| driver_err("binding the context", e))?;
+        for (name, p) in [("dq", ptrs.dq), ("dk", ptrs.dk), ("dv", ptrs.dv)] {
+            if p % 4 != 0 {
+                return Err(Error::Unsupported {
+                    backend: BACKEND,
+                    what: format!("a {name} address that is not 4-byte aligned"),
+                });
+            }
+        }
+        let deterministic = self.is_deterministic();
+        let seq_ptr = match &l.seq_table {
+            Some(t) => self.seq_table(t)?,
+            None => 0,
+        };
+        let (accum_ptr, partial_ptr) = self.workspace_ptrs(&l, !deterministic)?;
+        let mut params = l.params;
+        params.dq_ptr = ptrs.dq;
+        params.dk_ptr = ptrs.dk;
+        params.dv_ptr = ptrs.dv;
+        params.dq_accum_ptr = accum_ptr;
+        params.dbias_partial_ptr = partial_ptr;
+        params.dbias_ptr = ptrs.d_bias.unwrap_or(0);
+        params.seq_ptr = seq_ptr;
+        params.atomic_dq = i32::from(!deterministic);
+
+        let (dt, d, t) = (plan.dtype(), plan.head_dim(), l.tiles);
+        let block = (t.threads(), 1, 1);
+        let nonempty = |g: (u32, u32, u32)| g.0 > 0 && g.1 > 0 && g.2 > 0;
+        let launch = |entry: &'static str,
+                      grid: (u32, u32, u32),
+                      block: (u32, u32, u32),
+                      smem: u32,
+                      maps: Option<[&TensorMap; 4]>,
+                      params: &mut launch::BwdParams|
+         -> Result<()> {
+            if !nonempty(grid) {
+                return Ok(());
+            }
+            let f = self.function(l.variant, entry)?;
+            let mut args: Vec<*mut c_void> = Vec::with_capacity(5);
+            if let Some(m) = maps {
+                for x in m {
+                    args.push(x as *const TensorMap as *mut c_void);
+                }
+            }
+            args.push(params as *mut launch::BwdParams as *mut c_void);
+            // SAFETY: the argument list matches the entry's signature in bwd_sm90.cu (four
+            // tensor maps for dkdv and dq, then the parameter block); maps, grid and pointers
+            // were derived from the plan, whose buffers the caller's CudaBuffers cover.
+            unsafe {
+                driver_result::launch_kernel(f.cu_function(), grid, block, smem, stream, &mut args)
+            }
+            .map_err(|e| driver_err(&format!("launching {entry}"), e))
+        };
+
+        if !deterministic && l.accum_elems > 0 {
+            // SAFETY: accum_ptr addresses at least accum_elems * 4 bytes (workspace_ptrs).
+            unsafe { driver_result::memset_d8_async(accum_ptr, 0, l.accum_elems * 4, stream) }
+                .map_err(|e| driver_err("clearing the dQ workspace", e))?;
+        }
+        // dK/dV kernel: Q and dO tiles of query_tile rows, K and V blocks of key_block rows.
+        {
+            let tm_q = encode_map(ptrs.q, dt, d, &l.q_map, t.query_tile)?;
+            let tm_k = encode_map(ptrs.k, dt, d, &l.k_map, t.key_block)?;
+            let tm_v = encode_map(ptrs.v, dt, d, &l.v_map, t.key_block)?;
+            let tm_do = encode_map(ptrs.d_o, dt, d, &l.o_map, t.query_tile)?;
+            launch(
+                kernels::BWD_DKDV,
+                l.dkdv_grid,
+                block,
+                t.dkdv_smem_bytes(d),
+                Some([&tm_q, &tm_k, &tm_v, &tm_do]),
+                &mut params,
+            )?;
+        }
+        if deterministic {
+            let tm_q = encode_map(ptrs.q, dt, d, &l.q_map, t.query_block)?;
+            let tm_k = encode_map(ptrs.k, dt, d, &l.k_map, t.key_tile)?;
+            let tm_v = encode_map(ptrs.v, dt, d, &l.v_map, t.key_tile)?;
+            let tm_do = encode_map(ptrs.d_o, dt, d, &l.o_map, t.query_block)?;
+            launch(
+                kernels::BWD_DQ,
+                l.dq_grid,
+                block,
+                t.dq_smem_bytes(d),
+                Some([&tm_q, &tm_k, &tm_v, &tm_do]),
+                &mut params,
+            )?;
+        } else {
+            launch(
+                kernels::BWD_DQ_CONVERT,
+                l.convert_grid,
+                block,
+                0,
+                None,
+                &mut params,
+            )?;
+        }
+        if ptrs.d_bias.is_some() {
+            launch(
+                kernels::BWD_DBIAS,
+                (plan.batch() as u32, 1, 1),
+                (32, 1, 1),
+                0,
+                None,
+                &mut params,
+            )?;
+        }
+        Ok(())
+    }
+
     fn check(&self, plan: &Plan, name: &'static str, b: &CudaBuffer, len: usize) -> Result<()> {
         plan.check_buffer(name, b.dtype, b.len, plan.dtype(), len)
     }
 }
 
-/// The result of compiling one forward variant at run time ([`compile_forward`]).
+/// Device addresses of the backward's tensors (strides as the plan says).
+#[derive(Debug, Clone, Copy)]
+struct BackwardPtrs {
+    q: u64,
+    k: u64,
+    v: u64,
+    d_o: u64,
+    dq: u64,
+    dk: u64,
+    dv: u64,
+    d_bias: Option<u64>,
+}
+
+fn env_on(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1")
+}
+
+/// The result of compiling one kernel variant at run time ([`compile_forward`],
+/// [`compile_backward`]).
 #[derive(Debug, Clone)]
 pub struct KernelBuild {
-    /// Variant name, as the shipped cubin's file stem (`fwd_bf16_d128_fast`).
+    /// Variant name, as the shipped cubin's file stem (`fwd_bf16_d128_fast`, `bwd_f16_d64_fast`).
     pub name: String,
     /// NVRTC version that compiled it.
     pub nvrtc: (i32, i32),
@@ -358,23 +636,43 @@ pub fn compile_forward(
     head_dim: usize,
     sigmoid: crate::SigmoidMode,
 ) -> Result<KernelBuild> {
+    compile_variant(Kernel::Forward, dtype, head_dim, sigmoid)
+}
+
+/// Compiles one backward variant (all four entry points of `kernels/bwd_sm90.cu`) like
+/// [`compile_forward`]. Needs no GPU.
+pub fn compile_backward(
+    dtype: DType,
+    head_dim: usize,
+    sigmoid: crate::SigmoidMode,
+) -> Result<KernelBuild> {
+    compile_variant(Kernel::Backward, dtype, head_dim, sigmoid)
+}
+
+fn compile_variant(
+    kernel: Kernel,
+    dtype: DType,
+    head_dim: usize,
+    sigmoid: crate::SigmoidMode,
+) -> Result<KernelBuild> {
     if !matches!(dtype, DType::F16 | DType::BF16)
         || kernels::TileConfig::for_head_dim(head_dim).is_none()
     {
         return Err(Error::Unsupported {
             backend: BACKEND,
-            what: format!("a {dtype} forward with head dim {head_dim}"),
+            what: format!("a {dtype} kernel with head dim {head_dim}"),
         });
     }
     let v = Variant {
+        kernel,
         dtype,
         head_dim,
         sigmoid,
     };
     let nvrtc_version = nvrtc::version()?;
-    let source = kernels::flatten(kernels::FWD_SOURCE)
+    let source = kernels::flatten(v.source())
         .ok_or_else(|| unavailable("kernel sources missing from the build"))?;
-    let c = nvrtc::compile(&v.name(), kernels::FWD_SOURCE, &source, &v.nvrtc_options())?;
+    let c = nvrtc::compile(&v.name(), v.source(), &source, &v.nvrtc_options())?;
     Ok(KernelBuild {
         name: v.name(),
         nvrtc: nvrtc_version,
@@ -407,11 +705,19 @@ impl Backend for CudaBackend {
         describe_forward(plan).map(|_| ())
     }
 
-    fn supports_backward(&self, _plan: &Plan) -> Result<()> {
-        Err(Error::Unsupported {
-            backend: BACKEND,
-            what: "the backward pass (not implemented on Hopper yet)".into(),
-        })
+    /// Declined unless `SIGMOID_ATTN_CUDA_BACKWARD=1` was set when the backend was created:
+    /// the Hopper backward is experimental and has not been verified on a GPU yet.
+    fn supports_backward(&self, plan: &Plan) -> Result<()> {
+        if !self.backward_enabled {
+            return Err(Error::Unsupported {
+                backend: BACKEND,
+                what: format!(
+                    "the backward pass (experimental and unverified on Hopper; set \
+                     {BACKWARD_ENV}=1 to try it)"
+                ),
+            });
+        }
+        describe_backward(plan).map(|_| ())
     }
 
     fn fast_sigmoid_bits(&self) -> Option<u32> {
@@ -478,11 +784,38 @@ impl Backend for CudaBackend {
         self.launch_forward(plan, ptrs, s.cu_stream())
     }
 
-    fn backward(&self, _plan: &Plan, _args: BackwardArgs<'_, CudaBuffer>) -> Result<()> {
-        Err(Error::Unsupported {
-            backend: BACKEND,
-            what: "the backward pass (not implemented on Hopper yet)".into(),
-        })
+    fn backward(&self, plan: &Plan, args: BackwardArgs<'_, CudaBuffer>) -> Result<()> {
+        self.supports_backward(plan)?;
+        self.check(plan, "q", args.q, plan.q_elems())?;
+        self.check(plan, "k", args.k, plan.k_elems())?;
+        self.check(plan, "v", args.v, plan.v_elems())?;
+        self.check(plan, "d_o", args.d_o, plan.o_elems())?;
+        self.check(plan, "dq", args.dq, plan.q_elems())?;
+        self.check(plan, "dk", args.dk, plan.k_elems())?;
+        self.check(plan, "dv", args.dv, plan.v_elems())?;
+        if let Some(db) = &args.d_bias {
+            plan.check_buffer("d_bias", db.dtype, db.len, DType::F32, plan.batch())?;
+        }
+        let s = &self.stream;
+        let (q, _q_sync) = args.q.data.device_ptr(s);
+        let (k, _k_sync) = args.k.data.device_ptr(s);
+        let (v, _v_sync) = args.v.data.device_ptr(s);
+        let (d_o, _do_sync) = args.d_o.data.device_ptr(s);
+        let (dq, _dq_sync) = args.dq.data.device_ptr(s);
+        let (dk, _dk_sync) = args.dk.data.device_ptr(s);
+        let (dv, _dv_sync) = args.dv.data.device_ptr(s);
+        let d_bias = args.d_bias.as_ref().map(|b| b.data.device_ptr(s));
+        let ptrs = BackwardPtrs {
+            q,
+            k,
+            v,
+            d_o,
+            dq,
+            dk,
+            dv,
+            d_bias: d_bias.as_ref().map(|(p, _)| *p),
+        };
+        self.launch_backward(plan, ptrs)
     }
 
     fn synchronize(&self) -> Result<()> {
