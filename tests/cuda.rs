@@ -13,6 +13,40 @@ fn cuda_feature_disabled() {
     println!("conformance cuda: skipped: built without the `cuda` feature");
 }
 
+/// One padded backward case in both dQ modes (the case that compute-sanitizer runs in
+/// kernels/dev/bwd_h200.sh): lengths 0, full, 1 and partial, NaN-poisoned outputs.
+#[cfg(feature = "cuda")]
+#[test]
+fn backward_padded_case() {
+    use common::{cases, run_case, Outcome, Pass};
+    use sigmoid_attn::{cuda::CudaBackend, DType, Error};
+    let be = match CudaBackend::new() {
+        Ok(b) => b,
+        Err(e @ Error::DeviceUnavailable { .. }) => {
+            println!("cuda backward padded case: skipped: {e}");
+            return;
+        }
+        Err(e) => panic!("cuda backend: {e}"),
+    };
+    let case = cases()
+        .into_iter()
+        .find(|c| c.name == "padded: empty, full, one, partial")
+        .expect("the padded case of the table");
+    for deterministic in [false, true] {
+        be.set_deterministic(deterministic);
+        match run_case(&be, &case, DType::BF16, Pass::Backward) {
+            Outcome::Passed(s) => {
+                println!("cuda backward padded case (deterministic {deterministic}): ok {s}")
+            }
+            Outcome::Skipped(s) => {
+                println!("cuda backward padded case: skipped: {s}");
+                return;
+            }
+            Outcome::Failed(s) => panic!("deterministic {deterministic}: {s}"),
+        }
+    }
+}
+
 #[cfg(feature = "cuda")]
 mod raw {
     use super::common::Rng;
