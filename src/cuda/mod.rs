@@ -145,6 +145,8 @@ pub struct CudaBackend {
     deterministic: AtomicBool,
     modules: Mutex<HashMap<Variant, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(Variant, &'static str), CudaFunction>>,
+    /// Held while one backward enqueues its kernels, so that the shared workspaces of two
+    /// concurrent calls never interleave on the stream.
     workspace: Mutex<Workspace>,
     /// Per-sequence tables already on the device, by their bytes (kept with their address).
     seq_tables: Mutex<HashMap<Vec<u8>, SeqTable>>,
@@ -287,7 +289,8 @@ impl CudaBackend {
         if let Some(t) = &l.seq_table {
             self.seq_table(t)?;
         }
-        self.workspace_ptrs(&l, !self.is_deterministic())?;
+        let mut ws = self.workspace.lock().map_err(|_| poisoned())?;
+        self.workspace_ptrs(&mut ws, &l, !self.is_deterministic())?;
         Ok(())
     }
 
@@ -360,8 +363,12 @@ impl CudaBackend {
     /// Device addresses of the backward workspaces (dQ accumulator only when `atomic`), grown
     /// when this plan needs more than the last one. Reused across calls on the backend's
     /// stream, which orders them.
-    fn workspace_ptrs(&self, l: &BackwardLaunch, atomic: bool) -> Result<(u64, u64)> {
-        let mut ws = self.workspace.lock().map_err(|_| poisoned())?;
+    fn workspace_ptrs(
+        &self,
+        ws: &mut Workspace,
+        l: &BackwardLaunch,
+        atomic: bool,
+    ) -> Result<(u64, u64)> {
         let accum_bytes = if atomic { l.accum_elems * 4 } else { 0 };
         let partial_bytes = (l.partial_elems * 4).max(4);
         let grow = |slot: &mut Option<CudaSlice<u8>>, bytes: usize| -> Result<()> {
@@ -490,7 +497,9 @@ impl CudaBackend {
             Some(t) => self.seq_table(t)?,
             None => 0,
         };
-        let (accum_ptr, partial_ptr) = self.workspace_ptrs(&l, !deterministic)?;
+        // Held until every kernel of this call is enqueued (see `workspace`).
+        let mut ws = self.workspace.lock().map_err(|_| poisoned())?;
+        let (accum_ptr, partial_ptr) = self.workspace_ptrs(&mut ws, &l, !deterministic)?;
         let mut params = l.params;
         params.dq_ptr = ptrs.dq;
         params.dk_ptr = ptrs.dk;
