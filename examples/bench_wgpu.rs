@@ -2,7 +2,10 @@
 //! non-causal, `B = tokens / N`, `H = width / D`, padding drawn per sequence as
 //! `L ~ U[N(1−p), N]`. Prints kernel milliseconds (median), TFLOPS (forward `4·D·Σ L²·H`,
 //! backward counted as 2.5× forward) and the two floors of each pass: FLOPs over the fp32
-//! (non-tensor) peak and bytes over memory bandwidth.
+//! (non-tensor) peak and bytes over memory bandwidth. Where the device has the cooperative-matrix
+//! (tensor-core) path, the forward is timed on it too, beside the scalar kernels, with its floor
+//! over the tensor peak (`--tensor-tflops 790`); `--coop-shapes 4x64x1,4x32x1,2x64x2` (subgroups ×
+//! keys per tile × 16-row blocks per subgroup) are tried at N = 4096 first and the fastest kept.
 //!
 //! ```text
 //! cargo run --release --example bench_wgpu -- --dtype f16,f32 --reps 7
@@ -11,7 +14,8 @@
 //!
 //! Options: `--dtype f16,f32,bf16`, `--d 64,128`, `--n 1024,4096,16384`, `--pad 0,25`,
 //! `--tokens 16384`, `--width 2048`, `--reps 7`, `--peak-tflops 67`, `--bandwidth-tbs 4.2`,
-//! `--sweep`, `--out PATH` (markdown copy of the table).
+//! `--sweep`, `--out PATH` (markdown copy of the table), `--tensor-tflops 790`,
+//! `--coop-shapes 4x64x1,4x32x1,2x64x2`.
 
 use sigmoid_attn::wgpu::pipelines::{Kernel, Tiles};
 use sigmoid_attn::wgpu::{WgpuBackend, WgpuBuffer};
@@ -30,6 +34,8 @@ struct Opts {
     bandwidth: f64,
     sweep: bool,
     out: Option<String>,
+    tensor_peak: f64,
+    coop_shapes: Vec<(u32, u32, u32)>,
 }
 
 fn list<T: std::str::FromStr>(s: &str) -> Result<Vec<T>, String> {
@@ -51,6 +57,8 @@ fn parse() -> Result<Opts, String> {
         bandwidth: 4.2,
         sweep: false,
         out: None,
+        tensor_peak: 790.0,
+        coop_shapes: vec![(4, 64, 1), (4, 32, 1), (2, 64, 2), (2, 32, 2), (4, 32, 2)],
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -80,6 +88,25 @@ fn parse() -> Result<Opts, String> {
             "--peak-tflops" => o.peak = value.parse().map_err(|_| "bad --peak-tflops")?,
             "--bandwidth-tbs" => o.bandwidth = value.parse().map_err(|_| "bad --bandwidth-tbs")?,
             "--out" => o.out = Some(value),
+            "--tensor-tflops" => {
+                o.tensor_peak = value.parse().map_err(|_| "bad --tensor-tflops")?
+            }
+            "--coop-shapes" => {
+                o.coop_shapes = value
+                    .split(',')
+                    .map(|x| {
+                        let v: Vec<u32> = x
+                            .trim()
+                            .split('x')
+                            .map(|n| n.parse().map_err(|_| "bad --coop-shapes"))
+                            .collect::<Result<_, _>>()?;
+                        match v[..] {
+                            [a, b, c] => Ok::<_, String>((a, b, c)),
+                            _ => Err("bad --coop-shapes".into()),
+                        }
+                    })
+                    .collect::<Result<_, _>>()?
+            }
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -241,6 +268,42 @@ fn sweep(be: &WgpuBackend, o: &Opts, dtype: DType, b: &mut Buffers, log: &mut St
     Ok(())
 }
 
+/// Times each cooperative-matrix shape at N = 4096 for head dim `d` and forces the fastest.
+fn coop_sweep(
+    be: &WgpuBackend,
+    o: &Opts,
+    dtype: DType,
+    d: usize,
+    b: &mut Buffers,
+    log: &mut String,
+) -> Res<()> {
+    let plan = plan_for(o, dtype, d, 4096.min(o.tokens), 0)?;
+    let mut best: Option<(f64, (u32, u32, u32))> = None;
+    for &shape in &o.coop_shapes {
+        be.set_coop_tiles(Some(shape));
+        match be.coop_tiles(&plan) {
+            Some(t) if (t.nsg, t.bk, t.rb) == shape => {}
+            _ => continue,
+        }
+        let line = match time_fwd(be, &plan, b, 3) {
+            Ok(ms) => {
+                if best.is_none_or(|(b, _)| ms < b) {
+                    best = Some((ms, shape));
+                }
+                format!(
+                    "coop sweep {dtype} D={d} N=4096 subgroups={} keys={} row-blocks={}: {ms:8.3} ms",
+                    shape.0, shape.1, shape.2
+                )
+            }
+            Err(e) => format!("coop sweep {dtype} D={d} {shape:?}: {e}"),
+        };
+        println!("{line}");
+        let _ = writeln!(log, "{line}");
+    }
+    be.set_coop_tiles(best.map(|(_, s)| s));
+    Ok(())
+}
+
 fn main() -> Res<()> {
     let o = parse()?;
     let be = WgpuBackend::new()?;
@@ -266,8 +329,9 @@ fn main() -> Res<()> {
         o.peak,
         o.bandwidth
     );
-    table.push_str("| dtype | D | N | pad | B×H | fwd ms | fwd TFLOPS | fwd floor ms (compute / memory) | bwd ms | bwd TFLOPS | bwd floor ms (compute / memory) | tiles fwd · dq · dkdv |\n");
-    table.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    table.push_str("| dtype | D | N | pad | B×H | fwd ms | fwd TFLOPS | fwd floor ms (compute / memory) | bwd ms | bwd TFLOPS | bwd floor ms (compute / memory) | tiles fwd · dq · dkdv | coop fwd ms | coop fwd TFLOPS | coop floor ms (tensor / memory) | coop tiles |\n");
+    table.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    println!("cooperative-matrix path: {}", be.has_coop());
     for &dtype in &o.dtypes {
         let elems = o.tokens * o.width;
         let mut rng = Rng(0xC0FFEE ^ dtype.size_bytes() as u64);
@@ -294,6 +358,11 @@ fn main() -> Res<()> {
             sweep(&be, &o, dtype, &mut bufs, &mut log)?;
         }
         for &d in &o.dims {
+            be.set_coop_tiles(None);
+            if be.has_coop() {
+                be.set_coop(true);
+                coop_sweep(&be, &o, dtype, d, &mut bufs, &mut log)?;
+            }
             for &n in &o.seqs {
                 for &pad in &o.pads {
                     let plan = plan_for(&o, dtype, d, n, pad)?;
@@ -307,8 +376,19 @@ fn main() -> Res<()> {
                             bytes(tensors) / (o.bandwidth * 1e12) * 1e3
                         )
                     };
+                    be.set_coop(false);
                     let f = time_fwd(&be, &plan, &mut bufs, o.reps);
                     let bw = time_bwd(&be, &plan, &mut bufs, o.reps);
+                    let coop = be.has_coop() && be.set_coop(true) && be.uses_coop(&plan);
+                    let cf = if coop {
+                        Some(time_fwd(&be, &plan, &mut bufs, o.reps))
+                    } else {
+                        None
+                    };
+                    let coop_tiles = be
+                        .coop_tiles(&plan)
+                        .map(|t| format!("{}x{} ({}×{} rows)", t.rows(), t.bk, t.nsg, 16 * t.rb))
+                        .unwrap_or_else(|| "—".into());
                     let cell = |r: &Res<f64>, flops: f64| match r {
                         Ok(ms) => (
                             format!("{ms:.3}"),
@@ -325,8 +405,17 @@ fn main() -> Res<()> {
                                 .unwrap_or_else(|_| "—".into())
                         })
                         .join(" · ");
+                    let (cm, ct) = match &cf {
+                        Some(r) => cell(r, fwd_flops),
+                        None => ("—".into(), "—".into()),
+                    };
+                    let coop_floor = format!(
+                        "{:.2} / {:.2}",
+                        fwd_flops / (o.tensor_peak * 1e12) * 1e3,
+                        bytes(4.0) / (o.bandwidth * 1e12) * 1e3
+                    );
                     let row = format!(
-                        "| {dtype} | {d} | {n} | {pad}% | {}×{} | {fm} | {ft} | {} | {bm} | {bt} | {} | {tiles} |",
+                        "| {dtype} | {d} | {n} | {pad}% | {}×{} | {fm} | {ft} | {} | {bm} | {bt} | {} | {tiles} | {cm} | {ct} | {coop_floor} | {coop_tiles} |",
                         plan.batch(),
                         plan.heads(),
                         floor(fwd_flops, 4.0),

@@ -1,6 +1,9 @@
 //! The conformance suite on the wgpu backend (lavapipe in CI, any GPU elsewhere), plus the
 //! wgpu-only surface: refusals with clear errors, recording into a caller's encoder, backward
-//! without d_bias, and timestamp timing.
+//! without d_bias, and timestamp timing. On an adapter with cooperative matrices (NVIDIA over
+//! Vulkan) `WgpuBackend::new` runs the f16/bf16 forward on the tensor-core kernel; set
+//! `SIGMOID_ATTN_WGPU_COOP=0` to run this suite on the scalar kernels there (`tests/wgpu_coop.rs`
+//! is the suite of the tensor-core path).
 mod common;
 conformance!(wgpu, sigmoid_attn::wgpu::WgpuBackend::new);
 

@@ -20,16 +20,28 @@
 //! out-of-memory and device-loss errors come back as `Error::Driver` (through error scopes),
 //! never as panics.
 //!
+//! Tensor cores: where the adapter has `EXPERIMENTAL_COOPERATIVE_MATRIX` with a 16×16×16
+//! f16 → f32 configuration (an NVIDIA GPU over Vulkan, for one), [`WgpuBackend::new`] requests
+//! it and the forward of f16 and bf16 plans with head dims that are multiples of 16 up to 128
+//! runs `fwd_coop.wgsl` ([`coop`]); everything else, and the backward, runs the scalar kernels.
+//! [`WgpuBackend::new_coop`] insists on an adapter with the path, [`WgpuBackend::set_coop`]
+//! turns it off and on, and [`WgpuBackend::uses_coop`] says which path a plan takes.
+//!
 //! Environment: `WGPU_BACKEND` (e.g. `vulkan`) and `WGPU_ADAPTER_NAME` (substring) narrow the
 //! adapter [`WgpuBackend::new`] picks; `SIGMOID_ATTN_WGPU_BOUNDS_CHECKS` (any value) compiles
 //! the kernels with wgpu's bounds checks and loop bounding (off by default: the host checks
-//! every buffer against the plan, and the checks cost speed).
+//! every buffer against the plan, and the checks cost speed); `SIGMOID_ATTN_WGPU_COOP_TILES`
+//! (`4x64x1`) forces a cooperative-matrix tile shape; `SIGMOID_ATTN_WGPU_COOP=0` keeps
+//! [`WgpuBackend::new`] off the cooperative-matrix path (`=1` makes it insist on one, as
+//! [`WgpuBackend::new_coop`]).
 
+pub mod coop;
 pub mod params;
 pub mod pipelines;
 
 use crate::backend::{Backend, BackwardArgs};
 use crate::{DType, Error, HostTensor, Plan, Result};
+use coop::{CoopKernel, CoopKey, CoopSupport, CoopTiles};
 use params::{seq_table, Params};
 use pipelines::{choose_tiles, Kernel, PipelineCache, PipelineKey, StoragePath, TileLimits, Tiles};
 use std::sync::{Arc, Mutex};
@@ -148,6 +160,28 @@ pub struct WgpuBackend {
     session: Mutex<Option<Session>>,
     /// Tile shapes forced by [`WgpuBackend::set_tiles`] (tuning).
     forced: Mutex<Vec<(Kernel, Tiles)>>,
+    /// The cooperative-matrix path, when the device has it.
+    coop: Option<CoopSupport>,
+    /// Whether plans may take the cooperative-matrix path ([`WgpuBackend::set_coop`]).
+    coop_on: Mutex<bool>,
+    /// Cooperative-matrix tiles forced by [`WgpuBackend::set_coop_tiles`] (tuning).
+    coop_forced: Mutex<Option<(u32, u32, u32)>>,
+}
+
+/// `SIGMOID_ATTN_WGPU_COOP_TILES=4x64x1` (subgroups × keys per tile × row blocks): a forced
+/// cooperative-matrix shape, as [`WgpuBackend::set_coop_tiles`].
+fn coop_tiles_from_env() -> Option<(u32, u32, u32)> {
+    let v = std::env::var("SIGMOID_ATTN_WGPU_COOP_TILES").ok()?;
+    let mut it = v.split('x').map(|x| x.trim().parse::<u32>().ok());
+    Some((it.next()??, it.next()??, it.next()??))
+}
+
+/// Whether [`WgpuBackend::open`] takes the cooperative-matrix path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Coop {
+    Off,
+    IfPresent,
+    Required,
 }
 
 /// Timestamp slots of one `time_ms` call.
@@ -166,6 +200,7 @@ impl std::fmt::Debug for WgpuBackend {
             .field("backend", &self.info.backend)
             .field("shader_f16", &self.shader_f16)
             .field("timestamps", &self.timestamps)
+            .field("coop", &self.coop)
             .field("pipelines", &self.pipelines)
             .finish()
     }
@@ -200,10 +235,27 @@ fn adapter_rank(a: &wgpu::Adapter) -> Option<u32> {
 impl WgpuBackend {
     /// Opens the best adapter present (hardware before software; `WGPU_BACKEND` and
     /// `WGPU_ADAPTER_NAME` narrow the choice) with its full limits and the optional features
-    /// `SHADER_F16` and `TIMESTAMP_QUERY` where it has them.
+    /// `SHADER_F16`, `TIMESTAMP_QUERY` and, where the adapter offers the tensor-core path
+    /// ([`CoopSupport::detect`]), `EXPERIMENTAL_COOPERATIVE_MATRIX`.
     ///
     /// Returns `Error::DeviceUnavailable` when no adapter can run compute shaders.
     pub fn new() -> Result<Self> {
+        match std::env::var("SIGMOID_ATTN_WGPU_COOP").as_deref() {
+            Ok("0") => Self::open(Coop::Off),
+            Ok("1") => Self::open(Coop::Required),
+            _ => Self::open(Coop::IfPresent),
+        }
+    }
+
+    /// Like [`new`](Self::new), but only among adapters that offer the cooperative-matrix path
+    /// (which is then on): `Error::DeviceUnavailable`, naming why, when none does. Plans the
+    /// path cannot take (f32 storage, head dims not a multiple of 16 or above 128, the
+    /// backward) still run on the scalar kernels.
+    pub fn new_coop() -> Result<Self> {
+        Self::open(Coop::Required)
+    }
+
+    fn open(coop: Coop) -> Result<Self> {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
@@ -217,6 +269,29 @@ impl WgpuBackend {
             .filter_map(|a| adapter_rank(&a).map(|r| (r, a)))
             .collect();
         ranked.sort_by_key(|(r, _)| *r);
+        if coop == Coop::Required {
+            let mut why = Vec::new();
+            ranked.retain(|(_, a)| match CoopSupport::detect(a) {
+                Ok(_) => true,
+                Err(e) => {
+                    why.push(format!("{}: {e}", a.get_info().name));
+                    false
+                }
+            });
+            if ranked.is_empty() {
+                return Err(Error::DeviceUnavailable {
+                    backend: NAME,
+                    reason: format!(
+                        "no adapter with the cooperative-matrix path ({})",
+                        if why.is_empty() {
+                            "no adapter with compute shaders".to_string()
+                        } else {
+                            why.join("; ")
+                        }
+                    ),
+                });
+            }
+        }
         let Some((_, adapter)) = ranked.into_iter().next() else {
             return Err(Error::DeviceUnavailable {
                 backend: NAME,
@@ -225,13 +300,28 @@ impl WgpuBackend {
                     .into(),
             });
         };
-        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY;
+        let support = match coop {
+            Coop::Off => None,
+            _ => CoopSupport::detect(&adapter).ok(),
+        };
+        let mut wanted = wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY;
+        if support.is_some() {
+            wanted |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        }
         let features = adapter.features() & wanted;
+        let experimental_features = if support.is_some() {
+            // SAFETY: wgpu marks cooperative matrices experimental (API and validation may
+            // change). Only `shaders/*_coop.wgsl` use them; those are validated by naga in
+            // `tests/shaders.rs` and checked against the reference by `tests/wgpu_coop.rs`.
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("sigmoid-attn"),
             required_features: features,
             required_limits: adapter.limits(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            experimental_features,
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
@@ -244,21 +334,49 @@ impl WgpuBackend {
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             lock(&sink).get_or_insert_with(|| e.to_string());
         }));
-        Ok(Self::build(device, queue, uncaptured))
+        Ok(Self::build(device, queue, uncaptured, support))
     }
 
     /// Runs on an application's device and queue. The device's features decide the storage
     /// paths (`SHADER_F16`) and timing (`TIMESTAMP_QUERY`); its limits decide the tiles. The
     /// application's uncaptured-error handler is left alone: this backend's own work runs in
     /// error scopes.
+    ///
+    /// The cooperative-matrix path stays off (a device does not tell its adapter's matrix
+    /// configurations): use [`from_device_with_adapter`](Self::from_device_with_adapter) for it.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Self> {
-        Ok(Self::build(device, queue, Arc::new(Mutex::new(None))))
+        Ok(Self::build(device, queue, Arc::new(Mutex::new(None)), None))
+    }
+
+    /// As [`from_device`](Self::from_device), with the adapter the device came from: when the
+    /// device was created with `EXPERIMENTAL_COOPERATIVE_MATRIX` and the adapter offers the
+    /// path ([`CoopSupport::detect`]), the forward uses it.
+    pub fn from_device_with_adapter(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        adapter: &wgpu::Adapter,
+    ) -> Result<Self> {
+        let support = if device
+            .features()
+            .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+        {
+            CoopSupport::detect(adapter).ok()
+        } else {
+            None
+        };
+        Ok(Self::build(
+            device,
+            queue,
+            Arc::new(Mutex::new(None)),
+            support,
+        ))
     }
 
     fn build(
         device: wgpu::Device,
         queue: wgpu::Queue,
         uncaptured: Arc<Mutex<Option<String>>>,
+        coop: Option<CoopSupport>,
     ) -> Self {
         let lost = Arc::new(Mutex::new(None));
         let sink = lost.clone();
@@ -284,6 +402,9 @@ impl WgpuBackend {
             dummy,
             session: Mutex::new(None),
             forced: Mutex::new(Vec::new()),
+            coop,
+            coop_on: Mutex::new(coop.is_some()),
+            coop_forced: Mutex::new(coop_tiles_from_env()),
             device,
             queue,
         }
@@ -312,6 +433,62 @@ impl WgpuBackend {
     /// True when f16 tensors use native `f16` loads (`SHADER_F16`).
     pub fn has_shader_f16(&self) -> bool {
         self.shader_f16
+    }
+
+    /// True when the device has the cooperative-matrix (tensor-core) path.
+    pub fn has_coop(&self) -> bool {
+        self.coop.is_some()
+    }
+
+    /// Turns the cooperative-matrix path on (where the device has it) or off; with it off,
+    /// every plan runs on the scalar kernels. Returns whether the path is now on.
+    pub fn set_coop(&self, on: bool) -> bool {
+        let on = on && self.coop.is_some();
+        *lock(&self.coop_on) = on;
+        on
+    }
+
+    /// Forces the cooperative-matrix forward's shape (subgroups per workgroup, keys per tile,
+    /// 16-row blocks per subgroup; see [`CoopTiles`]) for tuning, or with `None` returns to the
+    /// automatic choice. Shapes that do not fit the device for a plan's head dim leave that
+    /// plan on the automatic choice.
+    pub fn set_coop_tiles(&self, shape: Option<(u32, u32, u32)>) {
+        *lock(&self.coop_forced) = shape;
+    }
+
+    /// The cooperative-matrix tiles the forward of `plan` runs with, or `None` when it runs on
+    /// the scalar kernels (path off or absent, f32 storage, a head dim that is not a multiple
+    /// of 16 or above 128, or too many tiles for one dispatch).
+    pub fn coop_tiles(&self, plan: &Plan) -> Option<CoopTiles> {
+        let support = self.coop?;
+        if !*lock(&self.coop_on) || !coop::takes_dtype(plan.dtype()) {
+            return None;
+        }
+        let d = u32::try_from(plan.head_dim()).ok()?;
+        let storage = self.limits.max_compute_workgroup_storage_size;
+        let invocations = self
+            .limits
+            .max_compute_invocations_per_workgroup
+            .min(self.limits.max_compute_workgroup_size_x);
+        let forced = (*lock(&self.coop_forced)).and_then(|(nsg, bk, rb)| {
+            let t = CoopTiles {
+                d,
+                nsg,
+                sgs: support.subgroup_size,
+                bk,
+                rb,
+            };
+            t.fits(storage, invocations).then_some(t)
+        });
+        let t =
+            forced.or_else(|| CoopTiles::choose(d, support.subgroup_size, storage, invocations))?;
+        let tiles = max_rows_q(plan).div_ceil(t.rows() as usize);
+        (tiles <= self.limits.max_compute_workgroups_per_dimension as usize).then_some(t)
+    }
+
+    /// True when the forward of `plan` runs on the cooperative-matrix kernel.
+    pub fn uses_coop(&self, plan: &Plan) -> bool {
+        self.coop_tiles(plan).is_some()
     }
 
     fn tile_limits(&self) -> TileLimits {
@@ -591,8 +768,25 @@ impl WgpuBackend {
         timing: Option<(&wgpu::QuerySet, u32)>,
     ) -> Result<()> {
         let dt = plan.dtype();
-        let tiles = self.tiles(Kernel::Forward, plan.head_dim())?;
-        let pipeline = self.pipeline(Kernel::Forward, plan, tiles)?;
+        let (pipeline, rows) = match self.coop_tiles(plan) {
+            Some(t) => {
+                let key = CoopKey {
+                    kernel: CoopKernel::Forward,
+                    storage: self.storage(dt),
+                    tiles: t,
+                    causal: plan.causal(),
+                    fast: plan.sigmoid() == crate::SigmoidMode::Fast,
+                };
+                let p = self
+                    .pipelines
+                    .get_coop(&self.device, key, self.bounds_checks)?;
+                (p, t.rows())
+            }
+            None => {
+                let tiles = self.tiles(Kernel::Forward, plan.head_dim())?;
+                (self.pipeline(Kernel::Forward, plan, tiles)?, tiles.rows)
+            }
+        };
         let params = Params::new(plan, 0).ok_or_else(|| unsupported("strides"))?;
         let (ubuf, sbuf) = (self.uniform(&params), self.seq_buffer(plan));
         let bg = self.bind_group(
@@ -606,7 +800,7 @@ impl WgpuBackend {
                 self.binding("o", bufs.o, plan.o_elems(), dt)?,
             ],
         );
-        let n_tiles = max_rows_q(plan).div_ceil(tiles.rows as usize) as u32;
+        let n_tiles = max_rows_q(plan).div_ceil(rows as usize) as u32;
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("sigmoid-attn forward"),
             timestamp_writes: timestamp_writes(timing),

@@ -320,19 +320,30 @@ pub struct PipelineKey {
 /// Compiled pipelines, built on first use. Shader modules are cached per (kernel, storage).
 #[derive(Default)]
 pub struct PipelineCache {
-    modules: Mutex<HashMap<(Kernel, StoragePath), wgpu::ShaderModule>>,
+    modules: Mutex<HashMap<(&'static str, StoragePath), wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    coop: Mutex<HashMap<super::coop::CoopKey, wgpu::ComputePipeline>>,
 }
 
 impl std::fmt::Debug for PipelineCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let n = self.pipelines.lock().map(|p| p.len()).unwrap_or(0);
-        write!(f, "PipelineCache({n} pipelines)")
+        let c = self.coop.lock().map(|p| p.len()).unwrap_or(0);
+        write!(f, "PipelineCache({n} scalar + {c} coop pipelines)")
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What one compile needs: the module (by name and storage path, with its source), the
+/// specialisation constants and the label.
+struct CompileJob<'a> {
+    name: &'static str,
+    storage: StoragePath,
+    source: &'a dyn Fn() -> String,
+    constants: Vec<(&'static str, f64)>,
 }
 
 impl PipelineCache {
@@ -347,20 +358,58 @@ impl PipelineCache {
         if let Some(p) = lock(&self.pipelines).get(&key) {
             return Ok(p.clone());
         }
-        let constants = key.tiles.constants(key.kernel, key.causal, key.fast);
-        let options: Vec<String> = std::iter::once(format!("storage={}", key.storage.name()))
+        let job = CompileJob {
+            name: key.kernel.name(),
+            storage: key.storage,
+            source: &|| source(key.kernel, key.storage),
+            constants: key.tiles.constants(key.kernel, key.causal, key.fast),
+        };
+        let pipeline = self.compile(device, job, bounds_checks)?;
+        lock(&self.pipelines).insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// The cooperative-matrix pipeline for `key`, compiling it on first use.
+    pub fn get_coop(
+        &self,
+        device: &wgpu::Device,
+        key: super::coop::CoopKey,
+        bounds_checks: bool,
+    ) -> Result<wgpu::ComputePipeline> {
+        if let Some(p) = lock(&self.coop).get(&key) {
+            return Ok(p.clone());
+        }
+        let job = CompileJob {
+            name: key.kernel.name(),
+            storage: key.storage,
+            source: &|| super::coop::source(key.kernel, key.storage),
+            constants: key.tiles.constants(key.kernel, key.causal, key.fast),
+        };
+        let pipeline = self.compile(device, job, bounds_checks)?;
+        lock(&self.coop).insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    fn compile(
+        &self,
+        device: &wgpu::Device,
+        job: CompileJob<'_>,
+        bounds_checks: bool,
+    ) -> Result<wgpu::ComputePipeline> {
+        let constants = job.constants;
+        let options: Vec<String> = std::iter::once(format!("storage={}", job.storage.name()))
             .chain(constants.iter().map(|(k, v)| format!("{k}={v}")))
             .collect();
-        let label = format!("sigmoid-attn {} {}", key.kernel.name(), options.join(" "));
+        let label = format!("sigmoid-attn {} {}", job.name, options.join(" "));
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = {
             let mut modules = lock(&self.modules);
             modules
-                .entry((key.kernel, key.storage))
+                .entry((job.name, job.storage))
                 .or_insert_with(|| {
                     let desc = wgpu::ShaderModuleDescriptor {
-                        label: Some(key.kernel.name()),
-                        source: wgpu::ShaderSource::Wgsl(source(key.kernel, key.storage).into()),
+                        label: Some(job.name),
+                        source: wgpu::ShaderSource::Wgsl((job.source)().into()),
                     };
                     let checks = if bounds_checks {
                         wgpu::ShaderRuntimeChecks::checked()
@@ -388,14 +437,13 @@ impl PipelineCache {
             cache: None,
         });
         if let Some(err) = pollster::block_on(scope.pop()) {
-            lock(&self.modules).remove(&(key.kernel, key.storage));
+            lock(&self.modules).remove(&(job.name, job.storage));
             return Err(Error::Compile {
-                kernel: key.kernel.name().to_string(),
+                kernel: job.name.to_string(),
                 options,
                 log: err.to_string(),
             });
         }
-        lock(&self.pipelines).insert(key, pipeline.clone());
         Ok(pipeline)
     }
 }

@@ -1,0 +1,260 @@
+//! The tensor-core path: kernels on cooperative matrices (`wgpu_cooperative_matrix`, wgpu's
+//! experimental `EXPERIMENTAL_COOPERATIVE_MATRIX`; `VK_KHR_cooperative_matrix` on Vulkan).
+//!
+//! The path needs, besides that feature, `SHADER_F16`, a 16×16×16 f16 → f32 configuration among
+//! the adapter's [`cooperative_matrix_properties`](wgpu::Adapter::cooperative_matrix_properties)
+//! and a fixed subgroup size (the kernel maps subgroup `i` to invocations `[i·s, (i+1)·s)`).
+//! [`CoopSupport::detect`] decides it from the adapter. Which plans the path takes is
+//! [`CoopTiles::choose`] plus the checks in `WgpuBackend` (f16 and bf16 storage, head dims that
+//! are multiples of 16 up to 128); everything else runs on the scalar kernels.
+//!
+//! Precision: operands are f16 and products accumulate in f32. f16 storage loses nothing on
+//! load; bf16 storage is converted to f16, which is exact for magnitudes in [2⁻¹⁴, 65504] (bf16
+//! has fewer mantissa bits than f16), rounds smaller magnitudes to f16 subnormals and overflows
+//! larger ones: inputs beyond ±65504 are outside what this path takes. P is rounded to f16 before
+//! P·V (finer than bf16's rounding). f32 storage always runs on the scalar kernels: an f16
+//! rounding of f32 inputs would exceed f32's error bound.
+
+use super::pipelines::{StoragePath, SIGMOID};
+use crate::DType;
+
+/// Forward kernel on cooperative matrices.
+pub const FWD_COOP: &str = include_str!("../../shaders/fwd_coop.wgsl");
+
+/// The cooperative-matrix kernels, one per shader file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CoopKernel {
+    /// `shaders/fwd_coop.wgsl`.
+    Forward,
+}
+
+impl CoopKernel {
+    /// All cooperative-matrix kernels.
+    pub const ALL: [CoopKernel; 1] = [CoopKernel::Forward];
+
+    /// The kernel's name (its shader file without extension).
+    pub fn name(self) -> &'static str {
+        match self {
+            CoopKernel::Forward => "fwd_coop",
+        }
+    }
+
+    /// The kernel's own WGSL (without preludes).
+    pub fn body(self) -> &'static str {
+        match self {
+            CoopKernel::Forward => FWD_COOP,
+        }
+    }
+}
+
+/// Storage paths the cooperative-matrix kernels take.
+pub const STORAGE: [StoragePath; 2] = [StoragePath::F16, StoragePath::BF16];
+
+/// The complete WGSL of `kernel` for `storage` (one of [`STORAGE`]): the two `enable`
+/// directives first (WGSL wants them before any declaration), then the storage prelude without
+/// its own `enable f16;`, the shared prelude and the kernel.
+pub fn source(kernel: CoopKernel, storage: StoragePath) -> String {
+    let mut s = String::with_capacity(16 * 1024);
+    s.push_str("enable f16;\nenable wgpu_cooperative_matrix;\n");
+    s.push_str(&storage.prelude().replace("enable f16;", ""));
+    s.push('\n');
+    s.push_str(SIGMOID);
+    s.push('\n');
+    s.push_str(kernel.body());
+    s
+}
+
+/// Largest head dim of the cooperative-matrix kernels (eight 16-wide blocks per subgroup).
+pub const MAX_HEAD_DIM: u32 = 128;
+
+/// Tile shape of the cooperative-matrix forward for one head dim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CoopTiles {
+    /// Head dim (multiple of 16, at most [`MAX_HEAD_DIM`]).
+    pub d: u32,
+    /// Subgroups per workgroup; each owns `16 · rb` query rows.
+    pub nsg: u32,
+    /// Subgroup size of the adapter.
+    pub sgs: u32,
+    /// Keys per tile (multiple of 16).
+    pub bk: u32,
+    /// 16-row blocks per subgroup (1 or 2): each B-matrix loaded feeds `rb` multiply-adds.
+    pub rb: u32,
+}
+
+/// Candidate (subgroups, keys per tile, row blocks per subgroup), best first. Measured on an
+/// H200 over Vulkan (f16, N = 4096, `examples/bench_wgpu.rs`): D = 128 runs best with 64 keys
+/// per tile (13.2 ms; 32 keys 13.9), D = 64 with 32 (10.9 ms; 64 keys 18.9, more workgroup
+/// memory and fewer resident workgroups); two row blocks per subgroup, which halve the Kᵀ/V
+/// loads per multiply-add, ran 1.5–1.7× slower (fewer subgroups per workgroup, more registers).
+/// Holding workgroup memory in scalar f16/f32 instead of quads changed nothing measurable (≤ 2%).
+const CANDIDATES: [(u32, u32, u32); 7] = [
+    (4, 64, 1),
+    (4, 32, 1),
+    (2, 64, 2),
+    (2, 32, 2),
+    (4, 32, 2),
+    (2, 64, 1),
+    (2, 32, 1),
+];
+
+/// Candidates for head dim `d`, best first: small head dims prefer 32 keys per tile.
+fn candidates(d: u32) -> impl Iterator<Item = (u32, u32, u32)> {
+    let small = d <= 64;
+    let first = if small { (4, 32, 1) } else { (4, 64, 1) };
+    std::iter::once(first).chain(CANDIDATES.into_iter().filter(move |&c| c != first))
+}
+
+impl CoopTiles {
+    /// Query rows per workgroup.
+    pub fn rows(&self) -> u32 {
+        16 * self.nsg * self.rb
+    }
+
+    /// Invocations per workgroup.
+    pub fn workgroup_size(&self) -> u32 {
+        self.nsg * self.sgs
+    }
+
+    /// Lengths of the three workgroup arrays (K/V in f16, S in f32, P in f16).
+    fn lens(&self) -> (u32, u32, u32) {
+        let bq = self.rows();
+        (
+            bq.max(self.bk) * (self.d + 8),
+            bq * (self.bk + 4),
+            bq * (self.bk + 8),
+        )
+    }
+
+    /// Workgroup memory in bytes.
+    pub fn smem_bytes(&self) -> u32 {
+        let (kv, s, p) = self.lens();
+        2 * kv + 4 * s + 2 * p
+    }
+
+    /// True when the kernel's invariants hold and the shape fits `storage` bytes of workgroup
+    /// memory and `invocations` per workgroup.
+    pub fn fits(&self, storage: u32, invocations: u32) -> bool {
+        self.d % 16 == 0
+            && self.d > 0
+            && self.d <= MAX_HEAD_DIM
+            && self.bk % 16 == 0
+            && self.bk > 0
+            && self.nsg > 0
+            && (self.rb == 1 || self.rb == 2)
+            && self.sgs > 0
+            && self.smem_bytes() <= storage
+            && self.workgroup_size() <= invocations
+    }
+
+    /// The best shape for head dim `d` on an adapter with subgroup size `sgs`, or `None`.
+    pub fn choose(d: u32, sgs: u32, storage: u32, invocations: u32) -> Option<CoopTiles> {
+        Self::all(d, sgs)
+            .into_iter()
+            .find(|t| t.fits(storage, invocations))
+    }
+
+    /// Every candidate shape for head dim `d` and subgroup size `sgs` (for validation tests).
+    pub fn all(d: u32, sgs: u32) -> Vec<CoopTiles> {
+        candidates(d)
+            .map(|(nsg, bk, rb)| CoopTiles {
+                d,
+                nsg,
+                sgs,
+                bk,
+                rb,
+            })
+            .collect()
+    }
+
+    /// Specialisation constants of `kernel` for these tiles.
+    pub fn constants(
+        &self,
+        kernel: CoopKernel,
+        causal: bool,
+        fast: bool,
+    ) -> Vec<(&'static str, f64)> {
+        let (kv, s, p) = self.lens();
+        // Array lengths in the kernel's elements (quads).
+        let (kv, s, p) = match kernel {
+            CoopKernel::Forward => (kv / 4, s / 4, p / 4),
+        };
+        vec![
+            ("SIGMOID_FAST", f64::from(u8::from(fast))),
+            ("D", f64::from(self.d)),
+            ("BK", f64::from(self.bk)),
+            ("NSG", f64::from(self.nsg)),
+            ("RB", f64::from(self.rb)),
+            ("SGS", f64::from(self.sgs)),
+            ("CAUSAL", f64::from(u8::from(causal))),
+            ("WG", f64::from(self.workgroup_size())),
+            ("KV_LEN", f64::from(kv)),
+            ("S_LEN", f64::from(s)),
+            ("P_LEN", f64::from(p)),
+        ]
+    }
+}
+
+/// Identifies one specialised cooperative-matrix pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CoopKey {
+    /// The kernel.
+    pub kernel: CoopKernel,
+    /// Storage path (one of [`STORAGE`]).
+    pub storage: StoragePath,
+    /// Tiles.
+    pub tiles: CoopTiles,
+    /// Causal masking.
+    pub causal: bool,
+    /// Fast sigmoid.
+    pub fast: bool,
+}
+
+/// What an adapter offers the cooperative-matrix path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoopSupport {
+    /// The adapter's (fixed) subgroup size.
+    pub subgroup_size: u32,
+}
+
+impl CoopSupport {
+    /// The support `adapter` gives the path, or why it gives none.
+    pub fn detect(adapter: &wgpu::Adapter) -> std::result::Result<CoopSupport, String> {
+        let features = adapter.features();
+        if !features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+            return Err("the adapter has no EXPERIMENTAL_COOPERATIVE_MATRIX".into());
+        }
+        if !features.contains(wgpu::Features::SHADER_F16) {
+            return Err("the adapter has no SHADER_F16".into());
+        }
+        let f16 = wgpu::CooperativeScalarType::F16;
+        let f32 = wgpu::CooperativeScalarType::F32;
+        let props = adapter.cooperative_matrix_properties();
+        if !props.iter().any(|p| {
+            p.m_size == 16
+                && p.n_size == 16
+                && p.k_size == 16
+                && p.ab_type == f16
+                && p.cr_type == f32
+        }) {
+            return Err(format!(
+                "no 16x16x16 f16->f32 cooperative-matrix configuration (the adapter has {props:?})"
+            ));
+        }
+        let info = adapter.get_info();
+        if info.subgroup_min_size != info.subgroup_max_size || info.subgroup_min_size == 0 {
+            return Err(format!(
+                "the subgroup size varies ({}..{})",
+                info.subgroup_min_size, info.subgroup_max_size
+            ));
+        }
+        Ok(CoopSupport {
+            subgroup_size: info.subgroup_min_size,
+        })
+    }
+}
+
+/// True when the cooperative-matrix kernels take tensors of `dtype`.
+pub fn takes_dtype(dtype: DType) -> bool {
+    matches!(dtype, DType::F16 | DType::BF16)
+}
