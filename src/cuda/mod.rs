@@ -36,6 +36,8 @@
 //! relative to P for very negative logits. `SigmoidMode::Accurate` uses `ex2` and `rcp`
 //! (a few ulps of f32 over the whole range) at the price of a second MUFU op.
 
+mod backward;
+mod compile;
 mod kernels;
 mod launch;
 mod nvrtc;
@@ -58,6 +60,8 @@ use crate::{DType, Error, HostTensor, Plan, Result};
 use kernels::{Kernel, Variant};
 use launch::{describe_backward, describe_forward, encode_map, BackwardLaunch, TensorMap};
 
+use backward::{BackwardPtrs, Workspace};
+pub use compile::{compile_backward, compile_forward, KernelBuild};
 pub use cudarc::driver::sys::CUstream;
 
 const BACKEND: &str = "cuda";
@@ -125,15 +129,6 @@ pub const BACKWARD_ENV: &str = "SIGMOID_ATTN_CUDA_BACKWARD";
 
 /// Environment variable that makes the backward deterministic by default (`1`).
 pub const DETERMINISTIC_ENV: &str = "SIGMOID_ATTN_CUDA_DETERMINISTIC";
-
-/// The fp32 scratch memory of the backward, kept between calls.
-#[derive(Default)]
-struct Workspace {
-    /// dQ accumulated in fp32 (atomic mode).
-    accum: Option<CudaSlice<u8>>,
-    /// Per-CTA partial sums of d_bias.
-    partial: Option<CudaSlice<u8>>,
-}
 
 /// The Hopper backend on one device (its primary context).
 pub struct CudaBackend {
@@ -360,45 +355,6 @@ impl CudaBackend {
         Ok(f)
     }
 
-    /// Device addresses of the backward workspaces (dQ accumulator only when `atomic`), grown
-    /// when this plan needs more than the last one. Reused across calls on the backend's
-    /// stream, which orders them.
-    fn workspace_ptrs(
-        &self,
-        ws: &mut Workspace,
-        l: &BackwardLaunch,
-        atomic: bool,
-    ) -> Result<(u64, u64)> {
-        let accum_bytes = if atomic { l.accum_elems * 4 } else { 0 };
-        let partial_bytes = (l.partial_elems * 4).max(4);
-        let grow = |slot: &mut Option<CudaSlice<u8>>, bytes: usize| -> Result<()> {
-            if bytes == 0 || slot.as_ref().is_some_and(|s| s.len() >= bytes) {
-                return Ok(());
-            }
-            // The old buffer may still be in use by queued kernels: its free is ordered on the
-            // stream, but wait anyway so that peak memory stays bounded.
-            if slot.is_some() {
-                self.stream
-                    .synchronize()
-                    .map_err(|e| driver_err("synchronize", e))?;
-            }
-            *slot = None;
-            // SAFETY: the contents are scratch, written before they are read.
-            let s = unsafe { self.stream.alloc::<u8>(bytes) }
-                .map_err(|e| driver_err("allocating the backward workspace", e))?;
-            *slot = Some(s);
-            Ok(())
-        };
-        grow(&mut ws.accum, accum_bytes)?;
-        grow(&mut ws.partial, partial_bytes)?;
-        let ptr = |slot: &Option<CudaSlice<u8>>| {
-            slot.as_ref()
-                .map(|s| s.device_ptr(&self.stream).0)
-                .unwrap_or(0)
-        };
-        Ok((if atomic { ptr(&ws.accum) } else { 0 }, ptr(&ws.partial)))
-    }
-
     /// Device address of the per-sequence table with these bytes (uploaded once).
     fn seq_table(&self, bytes: &[u8]) -> Result<u64> {
         let mut map = self.seq_tables.lock().map_err(|_| poisoned())?;
@@ -476,220 +432,13 @@ impl CudaBackend {
         .map_err(|e| driver_err("launching the forward kernel", e))
     }
 
-    /// Enqueues the backward kernels on the backend's stream (see kernels/bwd_sm90.cu for the
-    /// order and what each writes).
-    fn launch_backward(&self, plan: &Plan, ptrs: BackwardPtrs) -> Result<()> {
-        let l = describe_backward(plan)?;
-        let stream = self.stream.cu_stream();
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| driver_err("binding the context", e))?;
-        for (name, p) in [("dq", ptrs.dq), ("dk", ptrs.dk), ("dv", ptrs.dv)] {
-            if p % 4 != 0 {
-                return Err(Error::Unsupported {
-                    backend: BACKEND,
-                    what: format!("a {name} address that is not 4-byte aligned"),
-                });
-            }
-        }
-        let deterministic = self.is_deterministic();
-        let seq_ptr = match &l.seq_table {
-            Some(t) => self.seq_table(t)?,
-            None => 0,
-        };
-        // Held until every kernel of this call is enqueued (see `workspace`).
-        let mut ws = self.workspace.lock().map_err(|_| poisoned())?;
-        let (accum_ptr, partial_ptr) = self.workspace_ptrs(&mut ws, &l, !deterministic)?;
-        let mut params = l.params;
-        params.dq_ptr = ptrs.dq;
-        params.dk_ptr = ptrs.dk;
-        params.dv_ptr = ptrs.dv;
-        params.dq_accum_ptr = accum_ptr;
-        params.dbias_partial_ptr = partial_ptr;
-        params.dbias_ptr = ptrs.d_bias.unwrap_or(0);
-        params.seq_ptr = seq_ptr;
-        params.atomic_dq = i32::from(!deterministic);
-
-        let (dt, d, t) = (plan.dtype(), plan.head_dim(), l.tiles);
-        let block = (t.threads(), 1, 1);
-        let nonempty = |g: (u32, u32, u32)| g.0 > 0 && g.1 > 0 && g.2 > 0;
-        let launch = |entry: &'static str,
-                      grid: (u32, u32, u32),
-                      block: (u32, u32, u32),
-                      smem: u32,
-                      maps: Option<[&TensorMap; 4]>,
-                      params: &mut launch::BwdParams|
-         -> Result<()> {
-            if !nonempty(grid) {
-                return Ok(());
-            }
-            let f = self.function(l.variant, entry)?;
-            let mut args: Vec<*mut c_void> = Vec::with_capacity(5);
-            if let Some(m) = maps {
-                for x in m {
-                    args.push(x as *const TensorMap as *mut c_void);
-                }
-            }
-            args.push(params as *mut launch::BwdParams as *mut c_void);
-            // SAFETY: the argument list matches the entry's signature in bwd_sm90.cu (four
-            // tensor maps for dkdv and dq, then the parameter block); maps, grid and pointers
-            // were derived from the plan, whose buffers the caller's CudaBuffers cover.
-            unsafe {
-                driver_result::launch_kernel(f.cu_function(), grid, block, smem, stream, &mut args)
-            }
-            .map_err(|e| driver_err(&format!("launching {entry}"), e))
-        };
-
-        if !deterministic && l.accum_elems > 0 {
-            // SAFETY: accum_ptr addresses at least accum_elems * 4 bytes (workspace_ptrs).
-            unsafe { driver_result::memset_d8_async(accum_ptr, 0, l.accum_elems * 4, stream) }
-                .map_err(|e| driver_err("clearing the dQ workspace", e))?;
-        }
-        // dK/dV kernel: Q and dO tiles of query_tile rows, K and V blocks of key_block rows.
-        {
-            let tm_q = encode_map(ptrs.q, dt, d, &l.q_map, t.query_tile)?;
-            let tm_k = encode_map(ptrs.k, dt, d, &l.k_map, t.key_block)?;
-            let tm_v = encode_map(ptrs.v, dt, d, &l.v_map, t.key_block)?;
-            let tm_do = encode_map(ptrs.d_o, dt, d, &l.o_map, t.query_tile)?;
-            launch(
-                kernels::BWD_DKDV,
-                l.dkdv_grid,
-                block,
-                t.dkdv_smem_bytes(d),
-                Some([&tm_q, &tm_k, &tm_v, &tm_do]),
-                &mut params,
-            )?;
-        }
-        if deterministic {
-            let tm_q = encode_map(ptrs.q, dt, d, &l.q_map, t.query_block)?;
-            let tm_k = encode_map(ptrs.k, dt, d, &l.k_map, t.key_tile)?;
-            let tm_v = encode_map(ptrs.v, dt, d, &l.v_map, t.key_tile)?;
-            let tm_do = encode_map(ptrs.d_o, dt, d, &l.o_map, t.query_block)?;
-            launch(
-                kernels::BWD_DQ,
-                l.dq_grid,
-                block,
-                t.dq_smem_bytes(d),
-                Some([&tm_q, &tm_k, &tm_v, &tm_do]),
-                &mut params,
-            )?;
-        } else {
-            launch(
-                kernels::BWD_DQ_CONVERT,
-                l.convert_grid,
-                block,
-                0,
-                None,
-                &mut params,
-            )?;
-        }
-        if ptrs.d_bias.is_some() {
-            launch(
-                kernels::BWD_DBIAS,
-                (plan.batch() as u32, 1, 1),
-                (32, 1, 1),
-                0,
-                None,
-                &mut params,
-            )?;
-        }
-        Ok(())
-    }
-
     fn check(&self, plan: &Plan, name: &'static str, b: &CudaBuffer, len: usize) -> Result<()> {
         plan.check_buffer(name, b.dtype, b.len, plan.dtype(), len)
     }
 }
 
-/// Device addresses of the backward's tensors (strides as the plan says).
-#[derive(Debug, Clone, Copy)]
-struct BackwardPtrs {
-    q: u64,
-    k: u64,
-    v: u64,
-    d_o: u64,
-    dq: u64,
-    dk: u64,
-    dv: u64,
-    d_bias: Option<u64>,
-}
-
 fn env_on(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v == "1")
-}
-
-/// The result of compiling one kernel variant at run time ([`compile_forward`],
-/// [`compile_backward`]).
-#[derive(Debug, Clone)]
-pub struct KernelBuild {
-    /// Variant name, as the shipped cubin's file stem (`fwd_bf16_d128_fast`, `bwd_f16_d64_fast`).
-    pub name: String,
-    /// NVRTC version that compiled it.
-    pub nvrtc: (i32, i32),
-    /// The cubin.
-    pub cubin: Vec<u8>,
-    /// NVRTC's log, ptxas statistics included.
-    pub log: String,
-    /// Register spills or wgmma serialization found in the log (empty when clean).
-    pub problems: Vec<String>,
-    /// The cubin shipped with the crate for this variant, if any.
-    pub shipped: Option<&'static [u8]>,
-}
-
-/// Compiles one forward variant with the NVRTC library found at run time (no cache), for
-/// checks and for tooling. `DeviceUnavailable` without libnvrtc; `Unsupported` for variants
-/// without a tile configuration or NVRTC versions known to be broken; `Compile` with the log
-/// on a failed compile. Needs no GPU.
-pub fn compile_forward(
-    dtype: DType,
-    head_dim: usize,
-    sigmoid: crate::SigmoidMode,
-) -> Result<KernelBuild> {
-    compile_variant(Kernel::Forward, dtype, head_dim, sigmoid)
-}
-
-/// Compiles one backward variant (all four entry points of `kernels/bwd_sm90.cu`) like
-/// [`compile_forward`]. Needs no GPU.
-pub fn compile_backward(
-    dtype: DType,
-    head_dim: usize,
-    sigmoid: crate::SigmoidMode,
-) -> Result<KernelBuild> {
-    compile_variant(Kernel::Backward, dtype, head_dim, sigmoid)
-}
-
-fn compile_variant(
-    kernel: Kernel,
-    dtype: DType,
-    head_dim: usize,
-    sigmoid: crate::SigmoidMode,
-) -> Result<KernelBuild> {
-    if !matches!(dtype, DType::F16 | DType::BF16)
-        || kernels::TileConfig::for_head_dim(head_dim).is_none()
-    {
-        return Err(Error::Unsupported {
-            backend: BACKEND,
-            what: format!("a {dtype} kernel with head dim {head_dim}"),
-        });
-    }
-    let v = Variant {
-        kernel,
-        dtype,
-        head_dim,
-        sigmoid,
-    };
-    let nvrtc_version = nvrtc::version()?;
-    let source = kernels::flatten(v.source())
-        .ok_or_else(|| unavailable("kernel sources missing from the build"))?;
-    let c = nvrtc::compile(&v.name(), v.source(), &source, &v.nvrtc_options())?;
-    Ok(KernelBuild {
-        name: v.name(),
-        nvrtc: nvrtc_version,
-        problems: nvrtc::ptxas_problems(&c.log),
-        cubin: c.cubin,
-        log: c.log,
-        shipped: v.shipped_cubin(),
-    })
 }
 
 fn poisoned() -> Error {
