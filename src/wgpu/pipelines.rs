@@ -1,7 +1,7 @@
 //! WGSL sources, tile configurations per adapter, and the compute-pipeline cache.
 //!
 //! Each kernel is one file in `shaders/`; WGSL has no include, so a module is assembled as
-//! `storage path + sigmoid.wgsl + kernel`, then specialised through `override` constants
+//! `storage path + sigmoid.wgsl (+ bwd_stage.wgsl) + kernel`, then specialised through `override` constants
 //! (head dim, tiles, causal, sigmoid mode). Pipelines are built once per [`PipelineKey`] and
 //! cached.
 
@@ -17,6 +17,8 @@ pub const FWD: &str = include_str!("../../shaders/fwd.wgsl");
 pub const BWD_DQ: &str = include_str!("../../shaders/bwd_dq.wgsl");
 /// Backward, dK and dV (and d_bias partial sums).
 pub const BWD_DKDV: &str = include_str!("../../shaders/bwd_dkdv.wgsl");
+/// Prelude of the two backward kernels that stage tiles (dQ; dK and dV).
+pub const BWD_STAGE: &str = include_str!("../../shaders/bwd_stage.wgsl");
 /// Backward, d_bias reduction.
 pub const BWD_DBIAS: &str = include_str!("../../shaders/bwd_dbias.wgsl");
 
@@ -123,6 +125,10 @@ pub fn source(kernel: Kernel, storage: StoragePath) -> String {
     s.push('\n');
     s.push_str(SIGMOID);
     s.push('\n');
+    if matches!(kernel, Kernel::BackwardDq | Kernel::BackwardDkDv) {
+        s.push_str(BWD_STAGE);
+        s.push('\n');
+    }
     s.push_str(kernel.body());
     s
 }
