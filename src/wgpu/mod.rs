@@ -42,7 +42,7 @@ mod record;
 mod timing;
 
 pub use record::{BackwardBuffers, ForwardBuffers};
-use timing::{timestamp_writes, Session, SESSION_PASSES};
+use timing::{timestamp_writes, Session};
 
 use crate::backend::{Backend, BackwardArgs};
 use crate::{DType, Error, HostTensor, Plan, Result};
@@ -803,56 +803,6 @@ impl Backend for WgpuBackend {
     /// `backward` record while `enqueue` runs (timestamp queries at pass boundaries, so queue
     /// gaps and uploads are not counted). Without it: the wall-clock default.
     fn time_ms(&self, enqueue: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
-        if !self.timestamps {
-            self.synchronize()?;
-            let start = std::time::Instant::now();
-            enqueue()?;
-            self.synchronize()?;
-            return Ok(start.elapsed().as_secs_f64() * 1e3);
-        }
-        let queries = self.scoped(|| {
-            Ok(self.device.create_query_set(&wgpu::QuerySetDescriptor {
-                label: Some("sigmoid-attn time_ms"),
-                ty: wgpu::QueryType::Timestamp,
-                count: 2 * SESSION_PASSES,
-            }))
-        })?;
-        *lock(&self.session) = Some(Session { queries, used: 0 });
-        let run = enqueue();
-        let session = lock(&self.session).take();
-        run?;
-        let Some(Session { queries, used }) = session else {
-            return Err(driver("time_ms: the timing session disappeared"));
-        };
-        if used == 0 {
-            return Ok(0.0);
-        }
-        let count = 2 * used;
-        let bytes = 8 * u64::from(count);
-        let read = self.scoped(|| {
-            let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: None,
-                size: bytes,
-                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: false,
-            });
-            let read = self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: None,
-                size: bytes,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            let mut enc = self.device.create_command_encoder(&Default::default());
-            enc.resolve_query_set(&queries, 0..count, &resolve, 0);
-            enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, bytes);
-            self.queue.submit([enc.finish()]);
-            Ok(read)
-        })?;
-        let ticks: Vec<u64> = self.read_back(&read, bytes)?;
-        let period = f64::from(self.queue.get_timestamp_period());
-        Ok(ticks
-            .chunks_exact(2)
-            .map(|t| t[1].wrapping_sub(t[0]) as f64 * period * 1e-6)
-            .sum())
+        self.time_session(enqueue)
     }
 }

@@ -93,14 +93,64 @@ impl WgpuBackend {
             return Err(unsupported("timing: the device has no TIMESTAMP_QUERY"));
         }
         let iters = iters.clamp(1, 2048);
-        let count = 2 * iters;
-        let bytes = 8 * u64::from(count);
-        let (qs, resolve, read) = self.scoped(|| {
+        let (qs, enc) = self.scoped(|| {
             let qs = self.device.create_query_set(&wgpu::QuerySetDescriptor {
                 label: Some("sigmoid-attn timing"),
                 ty: wgpu::QueryType::Timestamp,
-                count,
+                count: 2 * iters,
             });
+            let mut enc = self.device.create_command_encoder(&Default::default());
+            for i in 0..iters {
+                record(&mut enc, (&qs, 2 * i))?;
+            }
+            Ok((qs, enc))
+        })?;
+        self.resolve_pairs(enc, &qs, iters)
+    }
+
+    /// `Backend::time_ms`: the passes that `enqueue` records while a session is open each
+    /// take a pair of timestamp slots (see `session_slot`); returns their summed kernel time.
+    /// Without TIMESTAMP_QUERY, the wall clock between two waits for the queue.
+    pub(super) fn time_session(&self, enqueue: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        if !self.timestamps {
+            self.synchronize()?;
+            let start = std::time::Instant::now();
+            enqueue()?;
+            self.synchronize()?;
+            return Ok(start.elapsed().as_secs_f64() * 1e3);
+        }
+        let queries = self.scoped(|| {
+            Ok(self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("sigmoid-attn time_ms"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2 * SESSION_PASSES,
+            }))
+        })?;
+        *lock(&self.session) = Some(Session { queries, used: 0 });
+        let run = enqueue();
+        let session = lock(&self.session).take();
+        run?;
+        let Some(Session { queries, used }) = session else {
+            return Err(driver("time_ms: the timing session disappeared"));
+        };
+        if used == 0 {
+            return Ok(0.0);
+        }
+        let enc = self.device.create_command_encoder(&Default::default());
+        Ok(self.resolve_pairs(enc, &queries, used)?.iter().sum())
+    }
+
+    /// Submits `enc` followed by a copy of the first `pairs` (begin, end) timestamp pairs of
+    /// `queries` to the host, and returns each pair's span in milliseconds.
+    fn resolve_pairs(
+        &self,
+        mut enc: wgpu::CommandEncoder,
+        queries: &wgpu::QuerySet,
+        pairs: u32,
+    ) -> Result<Vec<f64>> {
+        let count = 2 * pairs;
+        let bytes = 8 * u64::from(count);
+        let (resolve, read) = self.scoped(|| {
             let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: None,
                 size: bytes,
@@ -113,17 +163,13 @@ impl WgpuBackend {
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             });
-            let mut enc = self.device.create_command_encoder(&Default::default());
-            for i in 0..iters {
-                record(&mut enc, (&qs, 2 * i))?;
-            }
-            enc.resolve_query_set(&qs, 0..count, &resolve, 0);
+            enc.resolve_query_set(queries, 0..count, &resolve, 0);
             enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, bytes);
             self.queue.submit([enc.finish()]);
-            Ok((qs, resolve, read))
+            Ok((resolve, read))
         })?;
         let ticks: Vec<u64> = self.read_back(&read, bytes)?;
-        drop((qs, resolve));
+        drop(resolve);
         let period = f64::from(self.queue.get_timestamp_period());
         Ok(ticks
             .chunks_exact(2)
