@@ -199,6 +199,9 @@ def main():
     ap.add_argument("--no-anchors", action="store_true")
     ap.add_argument("--out", default="report")
     ap.add_argument("--reps", default="20", help="timed runs per configuration for ours")
+    ap.add_argument("--merge", nargs="*", default=[],
+                    help="compare.json files of earlier runs to fold in (a device call is limited "
+                         "in time: run D=64 and D=128 separately, then merge); rows of this run win")
     ap.add_argument("--quick", action="store_true",
                     help="shorter do_bench windows (25 ms warm-up, 100 ms timing) for the anchors")
     ap.add_argument("--d", default=",".join(map(str, DIMS)))
@@ -215,9 +218,16 @@ def main():
             rows += run_ours(a.ours, "wgpu", "f16", a.out, extra)
     device = "unknown"
 
+    earlier = {}
+    for path in a.merge:
+        for r in json.load(open(path)):
+            earlier[(r["provider"], r["d"], r["n"], r["pad"])] = r
+
     def save(anchor_rows):
         # Written after every row, so a run cut short still leaves its results.
-        everything = rows + anchor_rows
+        fresh = rows + anchor_rows
+        keys = {(r["provider"], r["d"], r["n"], r["pad"]) for r in fresh}
+        everything = [r for k, r in earlier.items() if k not in keys] + fresh
         json.dump(everything, open(os.path.join(a.out, "compare.json"), "w"), indent=1)
         open(os.path.join(a.out, "compare.md"), "w").write(markdown(everything, device))
         return everything
