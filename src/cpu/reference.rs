@@ -158,27 +158,34 @@ fn probabilities(
 ) {
     let d = plan.head_dim();
     let scale = plan.scale() as f64;
-    // Keys transposed, so the logits of one row accumulate as contiguous axpys over keys
-    // (vectorised, no horizontal sums).
-    let mut kt = vec![0.0; d * cols];
-    for c in 0..cols {
-        for (e, x) in k[(j0 + c) * d..(j0 + c + 1) * d].iter().enumerate() {
-            kt[e * cols + c] = *x;
-        }
-    }
+    products(q, k, d, rows, j0, cols, p);
     for r in 0..rows {
         let end = key_end(plan, seq, i0 + r);
-        let row = &mut p[r * cols..(r + 1) * cols];
-        row.fill(0.0);
-        for (e, &qe) in q[r * d..(r + 1) * d].iter().enumerate() {
-            axpy(row, qe, &kt[e * cols..(e + 1) * cols]);
-        }
-        for (c, x) in row.iter_mut().enumerate() {
+        for (c, x) in p[r * cols..(r + 1) * cols].iter_mut().enumerate() {
             *x = if j0 + c < end {
                 sigmoid(scale * *x + bias)
             } else {
                 0.0
             };
+        }
+    }
+}
+
+/// `out[r][c] = a_r · b_(j0+c)` for `rows` rows of `a` against `cols` rows of `b` from `j0`.
+/// `b`'s tile is transposed first, so each output row accumulates as contiguous axpys
+/// (vectorised, no horizontal sums).
+fn products(a: &[f64], b: &[f64], d: usize, rows: usize, j0: usize, cols: usize, out: &mut [f64]) {
+    let mut bt = vec![0.0; d * cols];
+    for c in 0..cols {
+        for (e, x) in b[(j0 + c) * d..(j0 + c + 1) * d].iter().enumerate() {
+            bt[e * cols + c] = *x;
+        }
+    }
+    for r in 0..rows {
+        let row = &mut out[r * cols..(r + 1) * cols];
+        row.fill(0.0);
+        for (e, &ae) in a[r * d..(r + 1) * d].iter().enumerate() {
+            axpy(row, ae, &bt[e * cols..(e + 1) * cols]);
         }
     }
 }
@@ -307,9 +314,11 @@ pub fn backward<T: Store + ?Sized, U: StoreMut + ?Sized>(
                 dbias: 0.0,
             };
             let mut p = vec![0.0; t.rows * BLOCK_K];
+            let mut dp = vec![0.0; t.rows * BLOCK_K];
             for j0 in (0..kv_len).step_by(BLOCK_K) {
                 let cols = BLOCK_K.min(kv_len - j0);
                 probabilities(plan, seq, bias, &qb, &kb, t.i0, t.rows, j0, cols, &mut p);
+                products(&dob, &vb, d, t.rows, j0, cols, &mut dp);
                 for r in 0..t.rows {
                     let (qr, dor) = (&qb[r * d..(r + 1) * d], &dob[r * d..(r + 1) * d]);
                     for c in 0..cols {
@@ -318,8 +327,8 @@ pub fn backward<T: Store + ?Sized, U: StoreMut + ?Sized>(
                             continue;
                         }
                         let j = j0 + c;
-                        let (krow, vrow) = (&kb[j * d..(j + 1) * d], &vb[j * d..(j + 1) * d]);
-                        let ds = dot(dor, vrow) * pv * (1.0 - pv);
+                        let krow = &kb[j * d..(j + 1) * d];
+                        let ds = dp[r * cols + c] * pv * (1.0 - pv);
                         g.dbias += ds;
                         axpy(&mut g.dq[r * d..(r + 1) * d], scale * ds, krow);
                         axpy(&mut g.dk[j * d..(j + 1) * d], scale * ds, qr);
