@@ -69,8 +69,8 @@ fn main(
         }
         return;
     }
-    let kbase = b * prm.k_str.x + sq.k_start * prm.k_str.y + kvh * prm.k_str.z;
-    let vbase = b * prm.v_str.x + sq.k_start * prm.v_str.y + kvh * prm.v_str.z;
+    let kbase = head_base(prm.k_str, b, sq.k_start, kvh);
+    let vbase = head_base(prm.v_str, b, sq.k_start, kvh);
     let kvalid = min(sq.len_k, k0 + BK);
 
     // Queries that can see a key of this tile.
@@ -93,8 +93,8 @@ fn main(
     var dbias = 0.0;
     for (var g = 0u; g < prm.group; g++) {
         let h = kvh * prm.group + g;
-        let qbase = b * prm.q_str.x + sq.q_start * prm.q_str.y + h * prm.q_str.z;
-        let obase = b * prm.o_str.x + sq.q_start * prm.o_str.y + h * prm.o_str.z;
+        let qbase = head_base(prm.q_str, b, sq.q_start, h);
+        let obase = head_base(prm.o_str, b, sq.q_start, h);
         for (var qt = 0u; qt < n_qt; qt++) {
             let i0 = qlo + qt * BQ;
             var s: array<vec4<f32>, MAX_S>;

@@ -73,16 +73,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         return;
     }
     let kvh = h / prm.group;
-    let qbase = b * prm.q_str.x + sq.q_start * prm.q_str.y + h * prm.q_str.z;
-    let kbase = b * prm.k_str.x + sq.k_start * prm.k_str.y + kvh * prm.k_str.z;
-    let vbase = b * prm.v_str.x + sq.k_start * prm.v_str.y + kvh * prm.v_str.z;
-    let obase = b * prm.o_str.x + sq.q_start * prm.o_str.y + h * prm.o_str.z;
+    let qbase = head_base(prm.q_str, b, sq.q_start, h);
+    let kbase = head_base(prm.k_str, b, sq.k_start, kvh);
+    let vbase = head_base(prm.v_str, b, sq.k_start, kvh);
+    let obase = head_base(prm.o_str, b, sq.q_start, h);
 
-    // Keys this tile can see.
-    var kend = select(0u, sq.len_k, q0 < sq.len_q);
-    if (CAUSAL) {
-        kend = min(kend, q0 + BQ);
-    }
+    let kend = visible_keys(sq, q0, BQ, CAUSAL);
     let sg = tid / SGS;
     let r0 = sg * RB * 16u;    // the subgroup's first row; its second block starts at r1
     let r1 = r0 + 16u;

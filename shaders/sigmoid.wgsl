@@ -1,5 +1,5 @@
 // Shared by every kernel (pipelines.rs prepends it after the storage path, since WGSL has no
-// include): the per-problem uniform, the per-sequence table, and the sigmoid.
+// include): the per-problem uniform, the per-sequence table, index helpers and the sigmoid.
 
 // Per-problem parameters. Twin of `Params` in src/wgpu/params.rs: keep the two in step.
 struct Params {
@@ -32,6 +32,19 @@ struct Seq {
     // The logit bias of this sequence.
     bias: f32,
     pad: u32,
+}
+
+// Quad offset of row 0 of head `h` of sequence `b` (whose first row is `start`) in a tensor
+// with quad strides `s` (batch, seq, head).
+fn head_base(s: vec4<u32>, b: u32, start: u32, h: u32) -> u32 {
+    return b * s.x + start * s.y + h * s.z;
+}
+
+// Keys that a query tile of `rows` rows from `q0` can see: none when all its rows are padding,
+// else the valid keys, and (causal) none past its last row.
+fn visible_keys(sq: Seq, q0: u32, rows: u32, causal: bool) -> u32 {
+    let kend = select(0u, sq.len_k, q0 < sq.len_q);
+    return select(kend, min(kend, q0 + rows), causal);
 }
 
 // `true`: 0.5·tanh(0.5x) + 0.5 (one tanh per element); `false`: 1 / (1 + e^-x) evaluated so
