@@ -2,6 +2,37 @@
 
 use crate::{DType, HostTensor, Plan, Result};
 
+/// What a backend's buffer says about itself, so that the plan can check it before a launch.
+pub trait DeviceBuffer {
+    /// Storage type of the elements.
+    fn dtype(&self) -> DType;
+    /// Number of elements.
+    fn len(&self) -> usize;
+    /// True when there are no elements.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl DeviceBuffer for HostTensor {
+    fn dtype(&self) -> DType {
+        HostTensor::dtype(self)
+    }
+    fn len(&self) -> usize {
+        HostTensor::len(self)
+    }
+}
+
+/// Checks the forward's buffers against `plan` (dtype and length of each); every backend calls
+/// it before it launches anything.
+pub fn check_forward<B: DeviceBuffer>(plan: &Plan, q: &B, k: &B, v: &B, o: &B) -> Result<()> {
+    let dt = plan.dtype();
+    plan.check_buffer("q", q.dtype(), q.len(), dt, plan.q_elems())?;
+    plan.check_buffer("k", k.dtype(), k.len(), dt, plan.k_elems())?;
+    plan.check_buffer("v", v.dtype(), v.len(), dt, plan.v_elems())?;
+    plan.check_buffer("o", o.dtype(), o.len(), dt, plan.o_elems())
+}
+
 /// The inputs and outputs of one backward pass, all on the backend's device.
 ///
 /// `dq`, `dk`, `dv` are overwritten (rows past a sequence's valid length with zeros; with GQA,
@@ -26,6 +57,25 @@ pub struct BackwardArgs<'a, B> {
     pub d_bias: Option<&'a mut B>,
 }
 
+impl<B: DeviceBuffer> BackwardArgs<'_, B> {
+    /// Checks every buffer against `plan` (dtype and length; d_bias is f32 of `batch`
+    /// elements); every backend calls it before it launches anything.
+    pub fn check(&self, plan: &Plan) -> Result<()> {
+        let dt = plan.dtype();
+        plan.check_buffer("q", self.q.dtype(), self.q.len(), dt, plan.q_elems())?;
+        plan.check_buffer("k", self.k.dtype(), self.k.len(), dt, plan.k_elems())?;
+        plan.check_buffer("v", self.v.dtype(), self.v.len(), dt, plan.v_elems())?;
+        plan.check_buffer("d_o", self.d_o.dtype(), self.d_o.len(), dt, plan.o_elems())?;
+        plan.check_buffer("dq", self.dq.dtype(), self.dq.len(), dt, plan.q_elems())?;
+        plan.check_buffer("dk", self.dk.dtype(), self.dk.len(), dt, plan.k_elems())?;
+        plan.check_buffer("dv", self.dv.dtype(), self.dv.len(), dt, plan.v_elems())?;
+        if let Some(db) = self.d_bias.as_deref() {
+            plan.check_buffer("d_bias", db.dtype(), db.len(), DType::F32, plan.batch())?;
+        }
+        Ok(())
+    }
+}
+
 /// A compute backend: where buffers live and how the kernels run.
 ///
 /// The forward writes every row of O that the plan covers (rows past a sequence's valid query
@@ -33,7 +83,7 @@ pub struct BackwardArgs<'a, B> {
 /// write outside them.
 pub trait Backend {
     /// A buffer on this backend's device.
-    type Buffer;
+    type Buffer: DeviceBuffer;
 
     /// Short backend name (`"cpu"`, `"wgpu"`, `"cuda"`).
     fn name(&self) -> &'static str;

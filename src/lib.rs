@@ -47,7 +47,7 @@ mod error;
 pub mod problem;
 mod select;
 
-pub use backend::{Backend, BackwardArgs};
+pub use backend::{Backend, BackwardArgs, DeviceBuffer};
 pub use cpu::CpuBackend;
 pub use dtype::{DType, HostTensor};
 pub use error::{Error, Result};

@@ -5,7 +5,7 @@
 
 pub mod reference;
 
-use crate::backend::{Backend, BackwardArgs};
+use crate::backend::{check_forward, Backend, BackwardArgs};
 use crate::{DType, HostTensor, Plan, Result};
 
 /// Runs on the host's cores (rayon's global pool). Supports every valid plan.
@@ -17,13 +17,6 @@ impl CpuBackend {
     pub fn new() -> Self {
         CpuBackend
     }
-}
-
-fn check_inputs(plan: &Plan, q: &HostTensor, k: &HostTensor, v: &HostTensor) -> Result<()> {
-    let dt = plan.dtype();
-    plan.check_buffer("q", q.dtype(), q.len(), dt, plan.q_elems())?;
-    plan.check_buffer("k", k.dtype(), k.len(), dt, plan.k_elems())?;
-    plan.check_buffer("v", v.dtype(), v.len(), dt, plan.v_elems())
 }
 
 impl Backend for CpuBackend {
@@ -65,22 +58,13 @@ impl Backend for CpuBackend {
         v: &HostTensor,
         o: &mut HostTensor,
     ) -> Result<()> {
-        check_inputs(plan, q, k, v)?;
-        plan.check_buffer("o", o.dtype(), o.len(), plan.dtype(), plan.o_elems())?;
+        check_forward(plan, q, k, v, o)?;
         reference::forward(plan, q, k, v, o);
         Ok(())
     }
 
     fn backward(&self, plan: &Plan, a: BackwardArgs<'_, HostTensor>) -> Result<()> {
-        let dt = plan.dtype();
-        check_inputs(plan, a.q, a.k, a.v)?;
-        plan.check_buffer("d_o", a.d_o.dtype(), a.d_o.len(), dt, plan.o_elems())?;
-        plan.check_buffer("dq", a.dq.dtype(), a.dq.len(), dt, plan.q_elems())?;
-        plan.check_buffer("dk", a.dk.dtype(), a.dk.len(), dt, plan.k_elems())?;
-        plan.check_buffer("dv", a.dv.dtype(), a.dv.len(), dt, plan.v_elems())?;
-        if let Some(db) = a.d_bias.as_deref() {
-            plan.check_buffer("d_bias", db.dtype(), db.len(), DType::F32, plan.batch())?;
-        }
+        a.check(plan)?;
         reference::backward(plan, a.q, a.k, a.v, a.d_o, a.dq, a.dk, a.dv, a.d_bias);
         Ok(())
     }

@@ -54,7 +54,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
-use crate::backend::{Backend, BackwardArgs};
+use crate::backend::{check_forward, Backend, BackwardArgs, DeviceBuffer};
 use crate::{DType, Error, HostTensor, Plan, Result};
 
 use kernels::{Kernel, Variant};
@@ -89,24 +89,18 @@ pub struct CudaBuffer {
 }
 
 impl CudaBuffer {
-    /// Storage type of the elements.
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-
-    /// Number of elements.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when the buffer holds no elements.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The underlying cudarc slice (bytes), e.g. to share it with other cudarc code.
     pub fn as_slice(&self) -> &CudaSlice<u8> {
         &self.data
+    }
+}
+
+impl DeviceBuffer for CudaBuffer {
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn len(&self) -> usize {
+        self.len
     }
 }
 
@@ -431,10 +425,6 @@ impl CudaBackend {
         }
         .map_err(|e| driver_err("launching the forward kernel", e))
     }
-
-    fn check(&self, plan: &Plan, name: &'static str, b: &CudaBuffer, len: usize) -> Result<()> {
-        plan.check_buffer(name, b.dtype, b.len, plan.dtype(), len)
-    }
 }
 
 fn env_on(name: &str) -> bool {
@@ -524,10 +514,7 @@ impl Backend for CudaBackend {
         v: &CudaBuffer,
         o: &mut CudaBuffer,
     ) -> Result<()> {
-        self.check(plan, "q", q, plan.q_elems())?;
-        self.check(plan, "k", k, plan.k_elems())?;
-        self.check(plan, "v", v, plan.v_elems())?;
-        self.check(plan, "o", o, plan.o_elems())?;
+        check_forward(plan, q, k, v, o)?;
         let s = &self.stream;
         let (qp, _q_sync) = q.data.device_ptr(s);
         let (kp, _k_sync) = k.data.device_ptr(s);
@@ -544,16 +531,7 @@ impl Backend for CudaBackend {
 
     fn backward(&self, plan: &Plan, args: BackwardArgs<'_, CudaBuffer>) -> Result<()> {
         self.supports_backward(plan)?;
-        self.check(plan, "q", args.q, plan.q_elems())?;
-        self.check(plan, "k", args.k, plan.k_elems())?;
-        self.check(plan, "v", args.v, plan.v_elems())?;
-        self.check(plan, "d_o", args.d_o, plan.o_elems())?;
-        self.check(plan, "dq", args.dq, plan.q_elems())?;
-        self.check(plan, "dk", args.dk, plan.k_elems())?;
-        self.check(plan, "dv", args.dv, plan.v_elems())?;
-        if let Some(db) = &args.d_bias {
-            plan.check_buffer("d_bias", db.dtype, db.len, DType::F32, plan.batch())?;
-        }
+        args.check(plan)?;
         let s = &self.stream;
         let (q, _q_sync) = args.q.data.device_ptr(s);
         let (k, _k_sync) = args.k.data.device_ptr(s);

@@ -44,7 +44,7 @@ mod timing;
 pub use record::{BackwardBuffers, ForwardBuffers};
 use timing::{timestamp_writes, Session};
 
-use crate::backend::{Backend, BackwardArgs};
+use crate::backend::{check_forward, Backend, BackwardArgs, DeviceBuffer};
 use crate::{DType, Error, HostTensor, Plan, Result};
 use coop::{CoopKernel, CoopKey, CoopSupport, CoopTiles};
 use params::{seq_table, Params};
@@ -94,20 +94,14 @@ impl WgpuBuffer {
     pub fn raw(&self) -> &wgpu::Buffer {
         &self.buffer
     }
+}
 
-    /// Element type.
-    pub fn dtype(&self) -> DType {
+impl DeviceBuffer for WgpuBuffer {
+    fn dtype(&self) -> DType {
         self.dtype
     }
-
-    /// Number of elements.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.len
-    }
-
-    /// True when the buffer holds no elements.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 
@@ -755,7 +749,7 @@ impl Backend for WgpuBackend {
         o: &mut WgpuBuffer,
     ) -> Result<()> {
         self.supports_forward(plan)?;
-        self.check_forward_buffers(plan, q, k, v, o)?;
+        check_forward(plan, q, k, v, o)?;
         self.scoped(|| {
             let mut enc = self.device.create_command_encoder(&Default::default());
             let bufs = ForwardBuffers {
@@ -774,7 +768,7 @@ impl Backend for WgpuBackend {
 
     fn backward(&self, plan: &Plan, a: BackwardArgs<'_, WgpuBuffer>) -> Result<()> {
         self.supports_backward(plan)?;
-        self.check_backward_buffers(plan, &a)?;
+        a.check(plan)?;
         self.scoped(|| {
             let mut enc = self.device.create_command_encoder(&Default::default());
             let bufs = BackwardBuffers {

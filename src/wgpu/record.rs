@@ -276,38 +276,4 @@ impl WgpuBackend {
         }
         Ok(())
     }
-
-    pub(super) fn check_forward_buffers(
-        &self,
-        plan: &Plan,
-        q: &WgpuBuffer,
-        k: &WgpuBuffer,
-        v: &WgpuBuffer,
-        o: &WgpuBuffer,
-    ) -> Result<()> {
-        let dt = plan.dtype();
-        plan.check_buffer("q", q.dtype, q.len, dt, plan.q_elems())?;
-        plan.check_buffer("k", k.dtype, k.len, dt, plan.k_elems())?;
-        plan.check_buffer("v", v.dtype, v.len, dt, plan.v_elems())?;
-        plan.check_buffer("o", o.dtype, o.len, dt, plan.o_elems())
-    }
-
-    pub(super) fn check_backward_buffers(
-        &self,
-        plan: &Plan,
-        a: &BackwardArgs<'_, WgpuBuffer>,
-    ) -> Result<()> {
-        let dt = plan.dtype();
-        plan.check_buffer("q", a.q.dtype, a.q.len, dt, plan.q_elems())?;
-        plan.check_buffer("k", a.k.dtype, a.k.len, dt, plan.k_elems())?;
-        plan.check_buffer("v", a.v.dtype, a.v.len, dt, plan.v_elems())?;
-        plan.check_buffer("d_o", a.d_o.dtype, a.d_o.len, dt, plan.o_elems())?;
-        plan.check_buffer("dq", a.dq.dtype, a.dq.len, dt, plan.q_elems())?;
-        plan.check_buffer("dk", a.dk.dtype, a.dk.len, dt, plan.k_elems())?;
-        plan.check_buffer("dv", a.dv.dtype, a.dv.len, dt, plan.v_elems())?;
-        if let Some(db) = a.d_bias.as_deref() {
-            plan.check_buffer("d_bias", db.dtype, db.len, DType::F32, plan.batch())?;
-        }
-        Ok(())
-    }
 }

@@ -36,7 +36,7 @@ impl WgpuBackend {
         iters: u32,
     ) -> Result<Vec<f64>> {
         self.supports_forward(plan)?;
-        self.check_forward_buffers(plan, q, k, v, o)?;
+        check_forward(plan, q, k, v, o)?;
         let bufs = ForwardBuffers {
             q: &q.buffer,
             k: &k.buffer,
@@ -57,7 +57,7 @@ impl WgpuBackend {
         iters: u32,
     ) -> Result<Vec<f64>> {
         self.supports_backward(plan)?;
-        self.check_backward_buffers(plan, &args)?;
+        args.check(plan)?;
         let bufs = BackwardBuffers {
             q: &args.q.buffer,
             k: &args.k.buffer,
