@@ -347,6 +347,10 @@ pub fn backward<T: Store + ?Sized, U: StoreMut + ?Sized>(
     }
     // dK, dV: sum the tiles of each (sequence, kv head) in a fixed order (deterministic).
     let g_size = plan.group_size();
+    let mut tiles_of = vec![Vec::new(); plan.batch() * plan.kv_heads()];
+    for (idx, t) in tiles.iter().enumerate() {
+        tiles_of[t.b * plan.kv_heads() + t.h / g_size].push(idx);
+    }
     for (b, seq) in plan.seqs().iter().enumerate() {
         for h in 0..plan.heads() {
             scatter(
@@ -364,14 +368,13 @@ pub fn backward<T: Store + ?Sized, U: StoreMut + ?Sized>(
         for hk in 0..plan.kv_heads() {
             let mut dk_acc = vec![0.0; seq.len_k * d];
             let mut dv_acc = vec![0.0; seq.len_k * d];
-            for (t, g) in tiles.iter().zip(&grads) {
-                if t.b == b && t.h / g_size == hk {
-                    for (a, x) in dk_acc.iter_mut().zip(&g.dk) {
-                        *a += x;
-                    }
-                    for (a, x) in dv_acc.iter_mut().zip(&g.dv) {
-                        *a += x;
-                    }
+            for &idx in &tiles_of[b * plan.kv_heads() + hk] {
+                let g = &grads[idx];
+                for (a, x) in dk_acc.iter_mut().zip(&g.dk) {
+                    *a += x;
+                }
+                for (a, x) in dv_acc.iter_mut().zip(&g.dv) {
+                    *a += x;
                 }
             }
             scatter(dk, &st.k, b, seq.k_start, 0, seq.rows_k, hk, d, &dk_acc);
