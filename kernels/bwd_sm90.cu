@@ -1,5 +1,5 @@
-// Sigmoid attention backward for Hopper (sm_90a). EXPERIMENTAL: compiled and checked by ptxas
-// only; it has not yet run on a GPU (see kernels/dev/README.md for the one-call H200 check).
+// Sigmoid attention backward for Hopper (sm_90a). Gradient conformance, compute-sanitizer and
+// bitwise-repeatable deterministic mode checked on an H200 by kernels/dev/bwd_h200.sh.
 //
 //   P  = sigmoid(scale * Q K^T + bias_b), masked (key j >= len_k, query i >= len_q, causal j > i)
 //   dV = P^T dO        dP = dO V^T        dS = dP * P * (1 - P)
@@ -19,9 +19,11 @@
 //                               P, dS in registers (masked by selects, never by multiplying)
 //                               dV  += P^T dO   (wgmma RS: P^T is already in the A layout)
 //                               dK  += dS^T Q   (wgmma RS)
-//                             and with atomic_dq = 1 also dQ_tile = dS K: dS goes to shared
-//                             memory (swizzled, K-major), a wgmma SS per 64 columns of D, then
-//                             red.global.add.f32 into the fp32 workspace dq_accum.
+//                             and with atomic_dq = 1 also dQ_tile = dS K: both warpgroups'
+//                             dS go to shared memory (swizzled, K-major) as one 64 x 128
+//                             tile, each warpgroup multiplies it by its half of K's columns
+//                             and adds the result with red.global.add.v4.f32 into the fp32
+//                             workspace dq_accum (tiled in fragment order, see below).
 //                             Each CTA writes its partial sum of dS to dbias_partial.
 //   sigmoid_attn_bwd_dq       deterministic mode: grid (query blocks, heads, batch).
 //                             Query-outer, no atomics: S = Q K^T, dP = dO V^T, dS, dQ += dS K
@@ -86,9 +88,8 @@ constexpr int kDkdvSmemBytes = 1024 + 2 * kKvKBytes + 2 * kStages * kKvQBytes + 
 constexpr int kDqSmemBytes = 1024 + 2 * kQQBytes + 2 * kStages * kQKBytes + 8 * (1 + kStages);
 static_assert(kDkdvSmemBytes <= 227 * 1024 && kDqSmemBytes <= 227 * 1024, "shared memory");
 
-// Named barriers (0 is __syncthreads): all 256 threads; then one per warpgroup.
+// Named barrier of all 256 threads (0 is __syncthreads).
 constexpr u32 kBarAll = 1;
-constexpr u32 kBarWg0 = 2;
 
 __device__ __forceinline__ BwdSeqInfo load_seq(const BwdParams& p, int b) {
     if (p.seq_ptr == 0) return p.uniform;
@@ -202,6 +203,38 @@ struct DkdvSmem {
     __device__ __forceinline__ u32 do_tile(int s) const { return d_o + s * kKvQBytes; }
     __device__ __forceinline__ u32 ds_tile(int wg) const { return ds + wg * kDsBytes; }
 };
+
+// dQ workspace (atomic mode). fp32, whole tiles of kKvM = 64 query rows per (tile, head),
+// stored in the order the dK/dV kernel's dQ fragments come out of wgmma so that each thread
+// adds 4 contiguous floats and each warp 512 contiguous bytes: warpgroup wg holds columns
+// [wg * kDqCols, (wg + 1) * kDqCols); inside it, group g of 4 accumulator registers of thread
+// t lives at ((wg * kDqGroups + g) * 128 + t) * 4. `fragment_coords` is the inverse.
+constexpr int kDqCols = kD / 2;            // dQ columns per warpgroup
+constexpr int kDqGroups = kDqCols / 8;     // groups of 4 accumulator registers per thread
+constexpr int kDqTileFloats = kKvM * kD;   // one (tile, head) of the workspace
+
+__device__ __forceinline__ long long dq_accum_offset(long long tile, int h, int heads, int wg, int t) {
+    return (tile * heads + h) * kDqTileFloats + (static_cast<long long>(wg) * kDqGroups * 128 + t) * 4;
+}
+
+/// dq(64 x kDqCols) = dS(64 queries x 128 keys) K(128 keys x this warpgroup's columns): dS from
+/// the two swizzled 64-key tiles, K read N-major from the resident key block.
+template <int D>
+__device__ __forceinline__ void gemm_dq_half(float (&dq)[D / 4], const DkdvSmem& sm, int wg) {
+#pragma unroll
+    for (int kk = 0; kk < kKvN / 16; ++kk) {
+        const u64 da = wgmma_desc_sw128(sm.ds_tile(kk / 4) + (kk % 4) * 32, 16, 1024);
+        if constexpr (D == 128) {
+            // Columns 64 wg .. 64 wg + 63: K's 64-column sub-tile wg.
+            const u64 db = wgmma_desc_sw128(sm.k + wg * kKvKSub + kk * 16 * 128, kKvKSub, 1024);
+            wgmma_ss_n64<1>(dq, da, db, kk > 0 ? 1 : 0);
+        } else {
+            // Columns 32 wg .. 32 wg + 31: 64 bytes into each 128-byte (swizzled) row of K.
+            const u64 db = wgmma_desc_sw128(sm.k + kk * 16 * 128 + wg * 64, kKvKSub, 1024);
+            wgmma_ss_n32<1>(dq, da, db, kk > 0 ? 1 : 0);
+        }
+    }
+}
 
 /// Query tiles [m_begin, m_end) that the key block starting at k0 meets: with causal masking
 /// only queries i >= k0 see any of its keys.
@@ -327,16 +360,29 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
 
             // P and dS in place. Element e: key row_in_wg + 8 * ((e >> 1) & 1) of the warpgroup,
             // query 8 * (e / 4) + col_lane + (e & 1) of the tile.
+            // Tiles inside every mask (uniform per warpgroup) skip the per-element tests.
+            const bool interior = key_wg0 + 64 <= seq.len_k && q0 + kKvM <= seq.len_q &&
+                                  (!p.causal || key_wg0 + 63 <= q0);
+            if (interior) {
 #pragma unroll
-            for (int e = 0; e < kKvM / 2; ++e) {
-                const int key = key_wg0 + row_in_wg + 8 * ((e >> 1) & 1);
-                const int query = q0 + 8 * (e / 4) + col_lane + (e & 1);
-                const bool keep = key < seq.len_k && query < seq.len_q && (!p.causal || key <= query);
-                const float pv = sigmoid_from_qk(s_acc[e], coef);
-                const float ds = dp_acc[e] * pv * (1.0f - pv);
-                s_acc[e] = keep ? pv : 0.0f;
-                dp_acc[e] = keep ? ds : 0.0f;
-                dbias += dp_acc[e];
+                for (int e = 0; e < kKvM / 2; ++e) {
+                    const float pv = sigmoid_from_qk(s_acc[e], coef);
+                    s_acc[e] = pv;
+                    dp_acc[e] *= pv * (1.0f - pv);
+                    dbias += dp_acc[e];
+                }
+            } else {
+#pragma unroll
+                for (int e = 0; e < kKvM / 2; ++e) {
+                    const int key = key_wg0 + row_in_wg + 8 * ((e >> 1) & 1);
+                    const int query = q0 + 8 * (e / 4) + col_lane + (e & 1);
+                    const bool keep = key < seq.len_k && query < seq.len_q && (!p.causal || key <= query);
+                    const float pv = sigmoid_from_qk(s_acc[e], coef);
+                    const float ds = dp_acc[e] * pv * (1.0f - pv);
+                    s_acc[e] = keep ? pv : 0.0f;
+                    dp_acc[e] = keep ? ds : 0.0f;
+                    dbias += dp_acc[e];
+                }
             }
             u32 pf[kKvM / 16][4], dsf[kKvM / 16][4];
             pack_fragments<kKvM>(s_acc, pf);
@@ -349,8 +395,10 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
             wgmma_commit();
 
             if (p.atomic_dq) {
-                // dQ(q0.., :) += dS K over this warpgroup's 64 keys. dS (queries x keys) is
-                // written K-major into this warpgroup's swizzled tile, the layout TMA gives Q.
+                // dQ(q0.., :) += dS K. Both warpgroups write their 64 keys of dS (queries x
+                // keys, K-major and swizzled like a TMA-loaded tile) side by side into one
+                // 64 x 128 tile; then warpgroup wg computes its half of dQ's columns over all
+                // 128 keys, so that each dQ element takes one reduction per CTA and step.
                 const u32 ds_tile = sm.ds_tile(wg);
 #pragma unroll
                 for (int e = 0; e < kKvM / 2; ++e) {
@@ -359,37 +407,18 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
                     st_shared_b16(ds_tile + sw128_offset(q_local, key_local), to_storage_bits(dp_acc[e]));
                 }
                 fence_proxy_async();
-                named_barrier_sync(kBarWg0 + wg, 128);
-                float* accum = reinterpret_cast<float*>(p.dq_accum_ptr);
+                named_barrier_sync(kBarAll, kThreads);
+                float dq[kDqCols / 2];
+                wgmma_fence();
+                gemm_dq_half<kD>(dq, sm, wg);
+                wgmma_commit();
+                wgmma_wait<0>();
+                reg_fence(dq);
+                const long long tile = static_cast<long long>(b) * p.accum_tiles_batch + seq.accum_tile + q0 / kKvM;
+                float* dst = reinterpret_cast<float*>(p.dq_accum_ptr) + dq_accum_offset(tile, h, p.heads, wg, t);
 #pragma unroll
-                for (int c = 0; c < kSub; ++c) {
-                    float dq[32];
-                    wgmma_fence();
-#pragma unroll
-                    for (int kk = 0; kk < 4; ++kk) {
-                        const u64 da = wgmma_desc_sw128(ds_tile + kk * 32, 16, 1024);
-                        const u64 db = wgmma_desc_sw128(sm.k + c * kKvKSub + (wg * 64 + kk * 16) * 128,
-                                                        kKvKSub, 1024);
-                        wgmma_ss_n64<1>(dq, da, db, kk > 0 ? 1 : 0);
-                    }
-                    wgmma_commit();
-                    wgmma_wait<0>();
-                    reg_fence(dq);
-#pragma unroll
-                    for (int half = 0; half < 2; ++half) {
-                        const int i = q0 + row_in_wg + 8 * half;
-                        if (i < seq.len_q) {
-                            const long long ws_row =
-                                static_cast<long long>(b) * p.accum_rows_batch + seq.q_start + i;
-                            float* dst = accum + (ws_row * p.heads + h) * kD + c * 64;
-#pragma unroll
-                            for (int j = 0; j < 8; ++j) {
-                                const int col = 8 * j + col_lane;
-                                red_add_f32(dst + col, dq[4 * j + 2 * half]);
-                                red_add_f32(dst + col + 1, dq[4 * j + 2 * half + 1]);
-                            }
-                        }
-                    }
+                for (int g = 0; g < kDqCols / 8; ++g) {
+                    red_add_v4_f32(dst + g * 4 * 128, dq[4 * g], dq[4 * g + 1], dq[4 * g + 2], dq[4 * g + 3]);
                 }
             }
             wgmma_wait<0>();
@@ -517,14 +546,24 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
 
             // dS in place. Element e: query row_in_wg + 8 * ((e >> 1) & 1) of the warpgroup,
             // key 8 * (e / 4) + col_lane + (e & 1) of the tile.
+            const bool interior = (n + 1) * kQN <= seq.len_k && query_wg0 + 64 <= seq.len_q &&
+                                  (!p.causal || (n + 1) * kQN - 1 <= query_wg0);
+            if (interior) {
 #pragma unroll
-            for (int e = 0; e < kQN / 2; ++e) {
-                const int query = query_wg0 + row_in_wg + 8 * ((e >> 1) & 1);
-                const int key = n * kQN + 8 * (e / 4) + col_lane + (e & 1);
-                const bool keep = key < seq.len_k && query < seq.len_q && (!p.causal || key <= query);
-                const float pv = sigmoid_from_qk(s_acc[e], coef);
-                const float ds = dp_acc[e] * pv * (1.0f - pv);
-                dp_acc[e] = keep ? ds : 0.0f;
+                for (int e = 0; e < kQN / 2; ++e) {
+                    const float pv = sigmoid_from_qk(s_acc[e], coef);
+                    dp_acc[e] *= pv * (1.0f - pv);
+                }
+            } else {
+#pragma unroll
+                for (int e = 0; e < kQN / 2; ++e) {
+                    const int query = query_wg0 + row_in_wg + 8 * ((e >> 1) & 1);
+                    const int key = n * kQN + 8 * (e / 4) + col_lane + (e & 1);
+                    const bool keep = key < seq.len_k && query < seq.len_q && (!p.causal || key <= query);
+                    const float pv = sigmoid_from_qk(s_acc[e], coef);
+                    const float ds = dp_acc[e] * pv * (1.0f - pv);
+                    dp_acc[e] = keep ? ds : 0.0f;
+                }
             }
             u32 dsf[kQN / 16][4];
             pack_fragments<kQN>(dp_acc, dsf);
@@ -548,28 +587,35 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
                row_in_wg, lane);
 }
 
-/// Atomic mode: dQ = scale * dq_accum in the storage dtype (rows past len_q as zeros).
-/// Grid: (ceil(max rows_q / 32), heads, batch). Block: 256 threads.
+/// Atomic mode: dQ = scale * dq_accum in the storage dtype (rows past len_q as zeros). One
+/// CTA per 64-row workspace tile: grid (ceil(max rows_q / 64), heads, batch), 256 threads.
 extern "C" __global__ void __launch_bounds__(kThreads)
     sigmoid_attn_bwd_dq_convert(const __grid_constant__ BwdParams p) {
     const int h = blockIdx.y, b = blockIdx.z;
     const BwdSeqInfo seq = load_seq(p, b);
-    const float* accum = reinterpret_cast<const float*>(p.dq_accum_ptr);
+    const int i0 = blockIdx.x * kKvM;
+    if (i0 >= seq.rows_q) return;
+    const long long tile = static_cast<long long>(b) * p.accum_tiles_batch + seq.accum_tile + blockIdx.x;
+    const float4* src =
+        reinterpret_cast<const float4*>(reinterpret_cast<const float*>(p.dq_accum_ptr) + dq_accum_offset(tile, h, p.heads, 0, 0));
     unsigned char* dq_base = reinterpret_cast<unsigned char*>(p.dq_ptr) +
                              2 * (static_cast<long long>(b) * p.dq_stride_batch +
                                   static_cast<long long>(h) * p.dq_stride_head);
-    constexpr int kRows = 32, kPairs = kD / 2;
-    for (int idx = threadIdx.x; idx < kRows * kPairs; idx += kThreads) {
-        const int i = blockIdx.x * kRows + idx / kPairs;
-        const int col = 2 * (idx % kPairs);
-        if (i >= seq.rows_q) continue;
-        u32 v = 0u;
-        if (i < seq.len_q) {
-            const long long ws_row = static_cast<long long>(b) * p.accum_rows_batch + seq.q_start + i;
-            const float* src = accum + (ws_row * p.heads + h) * kD + col;
-            v = pack2(p.scale * src[0], p.scale * src[1]);
+    for (int f = threadIdx.x; f < kDqTileFloats / 4; f += kThreads) {
+        // Inverse of dq_accum_offset: float4 f is group g of thread t of warpgroup w, i.e.
+        // (row, col..col+1) and (row + 8, col..col+1) of the tile.
+        const int w = f / (kDqGroups * 128), g = (f / 128) % kDqGroups, t = f % 128;
+        const int row = (t / 32) * 16 + (t % 32) / 4;
+        const int col = w * kDqCols + 8 * g + 2 * (t % 4);
+        const float4 v = src[f];
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int i = i0 + row + 8 * half;
+            if (i >= seq.rows_q) continue;
+            const float lo = half ? v.z : v.x, hi = half ? v.w : v.y;
+            const u32 bits = i < seq.len_q ? pack2(p.scale * lo, p.scale * hi) : 0u;
+            st_global_b32(dq_base + 2 * (static_cast<long long>(seq.q_start + i) * p.dq_stride_seq + col), bits);
         }
-        st_global_b32(dq_base + 2 * (static_cast<long long>(seq.q_start + i) * p.dq_stride_seq + col), v);
     }
 }
 

@@ -44,7 +44,7 @@ struct BwdSeqInfo {
     int rows_q;   ///< rows of dQ owned (written; rows >= len_q get zeros)
     int rows_k;   ///< rows of dK/dV owned (written; rows >= len_k get zeros)
     float bias;   ///< additive logit bias
-    int pad;
+    int accum_tile;  ///< first 64-row tile of the sequence in the dQ workspace (packed input)
 };
 static_assert(sizeof(BwdSeqInfo) == 32, "BwdSeqInfo layout must match src/cuda/launch.rs");
 
@@ -61,7 +61,7 @@ struct BwdParams {
     long long dq_stride_batch, dq_stride_seq, dq_stride_head;
     long long dk_stride_batch, dk_stride_seq, dk_stride_head;
     long long dv_stride_batch, dv_stride_seq, dv_stride_head;
-    long long accum_rows_batch;  ///< workspace rows between sequences (padded: seq_q; packed: 0)
+    long long accum_tiles_batch;  ///< workspace tiles between sequences (padded: ceil(seq_q / 64); packed: 0)
     int batch;
     int heads;
     int kv_heads;

@@ -1,7 +1,7 @@
 //! The conformance suite on the Hopper (CUDA) backend, the raw-pointer entry point, the
 //! deterministic backward, and the standard-workload benchmark (`--ignored standard_workload`).
-//! Without the driver library or a Hopper GPU every test prints why it skipped. The backward
-//! is experimental: its cases run only with `SIGMOID_ATTN_CUDA_BACKWARD=1` (else they skip).
+//! Without the driver library or a Hopper GPU every test prints why it skipped (as do the
+//! backward cases when `SIGMOID_ATTN_CUDA_BACKWARD=0` switches the backward off).
 mod common;
 
 #[cfg(feature = "cuda")]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Verifies the experimental Hopper backward (kernels/bwd_sm90.cu) on an H200 in ONE device call.
+# Verifies the Hopper backward (kernels/bwd_sm90.cu) on an H200 in ONE device call.
 # See kernels/dev/README.md for what each step shows and what to do with the results.
 #
 #   bash kernels/dev/bwd_h200.sh prepare   # here, no GPU: build + copy binaries to target/h200
@@ -30,6 +30,7 @@ step() {
     local t0=$SECONDS
     timeout -s KILL "$secs" "$@" >"$OUT/$name.log" 2>&1
     local rc=$?
+    LAST_RC=$rc
     echo "=== $name: exit $rc after $((SECONDS - t0)) s"
     tail -n 40 "$OUT/$name.log"
 }
@@ -38,12 +39,16 @@ device() {
     OUT=${OUT:-/tmp/sa-bwd-out}
     mkdir -p "$OUT"
     nvidia-smi -L
-    export SIGMOID_ATTN_CUDA_BACKWARD=1
     local sanitizer
     sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
     # 1. Deterministic mode: two runs bitwise equal, atomic mode close to it (fast; first, since
     #    a hang or a crash here says the most with the least time spent).
     step deterministic 60 "$BIN/cuda_tests" --test-threads=1 --nocapture deterministic_backward
+    if [ "$LAST_RC" = 137 ]; then
+        # A hang: the rest would hang too. Keep the device time; check only the forward.
+        SIGMOID_ATTN_CUDA_BACKWARD=0 step conformance_fwd 120 "$BIN/cuda_tests" --test-threads=1 --nocapture conformance
+        return
+    fi
     # 2. One padded case under compute-sanitizer (both dQ modes).
     if [ -n "$sanitizer" ]; then
         step memcheck 120 "$sanitizer" --tool memcheck "$BIN/cuda_tests" --test-threads=1 --nocapture backward_padded_case

@@ -218,7 +218,8 @@ pub(crate) struct BwdSeqInfoRaw {
     pub rows_q: i32,
     pub rows_k: i32,
     pub bias: f32,
-    pub pad: i32,
+    /// First 64-row tile of the sequence in the dQ workspace (packed input; 0 when padded).
+    pub accum_tile: i32,
 }
 const _: () = assert!(std::mem::size_of::<BwdSeqInfoRaw>() == 32);
 
@@ -234,7 +235,7 @@ impl BwdSeqInfoRaw {
             self.rows_q.to_le_bytes(),
             self.rows_k.to_le_bytes(),
             self.bias.to_le_bytes(),
-            self.pad.to_le_bytes(),
+            self.accum_tile.to_le_bytes(),
         ];
         for (i, w) in words.iter().enumerate() {
             b[4 * i..4 * i + 4].copy_from_slice(w);
@@ -263,7 +264,7 @@ pub(crate) struct BwdParams {
     pub dv_stride_batch: i64,
     pub dv_stride_seq: i64,
     pub dv_stride_head: i64,
-    pub accum_rows_batch: i64,
+    pub accum_tiles_batch: i64,
     pub batch: i32,
     pub heads: i32,
     pub kv_heads: i32,
@@ -278,6 +279,9 @@ pub(crate) struct BwdParams {
 }
 const _: () = assert!(std::mem::size_of::<BwdParams>() == 208);
 
+/// Rows of one tile of the fp32 dQ workspace (the dK/dV kernel's query tile).
+const ACCUM_TILE_ROWS: usize = 64;
+
 /// Everything about one backward call that depends on the plan only (not on pointers or on
 /// the deterministic switch).
 #[derive(Debug, Clone)]
@@ -288,7 +292,7 @@ pub(crate) struct BackwardLaunch {
     pub dkdv_grid: (u32, u32, u32),
     /// Deterministic dQ kernel: (query blocks, heads, batch).
     pub dq_grid: (u32, u32, u32),
-    /// dQ conversion kernel (atomic mode): (32-row blocks, heads, batch).
+    /// dQ conversion kernel (atomic mode): (64-row workspace tiles, heads, batch).
     pub convert_grid: (u32, u32, u32),
     /// Parameters with every pointer left at 0 and `atomic_dq` at 0.
     pub params: BwdParams,
@@ -319,8 +323,14 @@ pub(crate) fn describe_backward(plan: &Plan) -> Result<BackwardLaunch> {
     to_i32(plan.seq_q(), "query rows")?;
     to_i32(plan.seq_k(), "key rows")?;
 
+    // The dQ workspace holds whole 64-row tiles (kernels/bwd_sm90.cu, "dQ workspace"): padded
+    // input gives every sequence ceil(seq_q / 64) of them; packed sequences follow each other.
+    let accum_tiles_batch = plan.seq_q().div_ceil(ACCUM_TILE_ROWS);
+    let mut accum_tiles = 0usize;
     let mut raw = Vec::with_capacity(batch);
     for (s, &bias) in plan.seqs().iter().zip(plan.bias()) {
+        let accum_tile = if packed { accum_tiles } else { 0 };
+        accum_tiles += s.rows_q.div_ceil(ACCUM_TILE_ROWS);
         raw.push(BwdSeqInfoRaw {
             q_start: to_i32(s.q_start, "query start")?,
             k_start: to_i32(s.k_start, "key start")?,
@@ -329,14 +339,14 @@ pub(crate) fn describe_backward(plan: &Plan) -> Result<BackwardLaunch> {
             rows_q: to_i32(s.rows_q, "query rows")?,
             rows_k: to_i32(s.rows_k, "key rows")?,
             bias,
-            pad: 0,
+            accum_tile: to_i32(accum_tile, "dQ workspace tile")?,
         });
     }
     let max_rows_q = plan.seqs().iter().map(|s| s.rows_q).max().unwrap_or(0);
     let max_rows_k = plan.seqs().iter().map(|s| s.rows_k).max().unwrap_or(0);
     let key_blocks = max_rows_k.div_ceil(tiles.key_block);
     let q_blocks = max_rows_q.div_ceil(tiles.query_block);
-    let convert_blocks = max_rows_q.div_ceil(32);
+    let convert_blocks = max_rows_q.div_ceil(ACCUM_TILE_ROWS);
     if key_blocks > i32::MAX as usize || convert_blocks > i32::MAX as usize {
         return Err(unsupported("a sequence dimension this long"));
     }
@@ -344,13 +354,13 @@ pub(crate) fn describe_backward(plan: &Plan) -> Result<BackwardLaunch> {
     let is_uniform = raw.iter().all(|r| r.to_bytes() == uniform.to_bytes());
     let seq_table = (!is_uniform).then(|| raw.iter().flat_map(|r| r.to_bytes()).collect());
 
-    let accum_rows = if packed {
-        plan.seq_q()
+    let total_tiles = if packed {
+        accum_tiles
     } else {
-        batch * plan.seq_q()
+        batch * accum_tiles_batch
     };
-    let accum_elems = accum_rows
-        .checked_mul(heads * d)
+    let accum_elems = total_tiles
+        .checked_mul(ACCUM_TILE_ROWS * heads * d)
         .ok_or_else(|| unsupported("a dQ workspace this large"))?;
     let partial_elems = batch * kv_heads * key_blocks;
     let bstride = |s: &Strides| if packed { 0 } else { s.batch as i64 };
@@ -364,7 +374,7 @@ pub(crate) fn describe_backward(plan: &Plan) -> Result<BackwardLaunch> {
         dv_stride_batch: bstride(&st.v),
         dv_stride_seq: st.v.seq as i64,
         dv_stride_head: st.v.head as i64,
-        accum_rows_batch: if packed { 0 } else { plan.seq_q() as i64 },
+        accum_tiles_batch: if packed { 0 } else { accum_tiles_batch as i64 },
         batch: batch as i32,
         heads: heads as i32,
         kv_heads: kv_heads as i32,
@@ -492,7 +502,7 @@ mod tests {
         let p = BwdParams::default();
         let base = &p as *const _ as usize;
         assert_eq!(&p.dq_stride_batch as *const _ as usize - base, 56);
-        assert_eq!(&p.accum_rows_batch as *const _ as usize - base, 128);
+        assert_eq!(&p.accum_tiles_batch as *const _ as usize - base, 128);
         assert_eq!(&p.batch as *const _ as usize - base, 136);
         assert_eq!(&p.scale as *const _ as usize - base, 156);
         assert_eq!(&p.atomic_dq as *const _ as usize - base, 168);
@@ -511,11 +521,11 @@ mod tests {
         let l = describe_backward(&plan).unwrap();
         assert_eq!(l.dkdv_grid, (3, 2, 2));
         assert_eq!(l.dq_grid, (3, 8, 2));
-        assert_eq!(l.convert_grid, (10, 8, 2));
-        assert_eq!(l.accum_elems, 2 * 300 * 8 * 128);
+        assert_eq!(l.convert_grid, (5, 8, 2));
+        assert_eq!(l.accum_elems, 2 * 5 * 64 * 8 * 128);
         assert_eq!(l.partial_elems, 2 * 2 * 3);
         assert_eq!(l.params.kv_group, 4);
-        assert_eq!(l.params.accum_rows_batch, 300);
+        assert_eq!(l.params.accum_tiles_batch, 5);
         assert_eq!(l.seq_table.as_ref().map(|t| t.len()), Some(64));
         assert_eq!(l.variant.kernel, Kernel::Backward);
 
@@ -525,9 +535,14 @@ mod tests {
             .unwrap();
         let l = describe_backward(&plan).unwrap();
         assert_eq!(l.dkdv_grid, (1, 2, 3));
-        assert_eq!(l.params.accum_rows_batch, 0);
+        assert_eq!(l.params.accum_tiles_batch, 0);
         assert_eq!(l.params.dq_stride_batch, 0);
-        assert_eq!(l.accum_elems, 133 * 2 * 64);
+        // Sequences of 5, 0 and 128 tokens: tiles 1 + 0 + 2, starting at 0, 1, 1.
+        assert_eq!(l.accum_elems, 3 * 64 * 2 * 64);
+        let table = l.seq_table.as_ref().unwrap();
+        let tile_of =
+            |i: usize| i32::from_le_bytes(table[32 * i + 28..32 * i + 32].try_into().unwrap());
+        assert_eq!((tile_of(0), tile_of(1), tile_of(2)), (0, 1, 1));
     }
 
     #[test]

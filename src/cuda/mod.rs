@@ -8,11 +8,11 @@
 //!   length/layout/mask combination a [`Plan`] allows whose strides TMA can walk (multiples of
 //!   16 bytes). Everything else is declined with [`Error::Unsupported`] so that callers fall
 //!   back (wgpu, then the CPU).
-//! - **Backward (experimental, unverified).** `kernels/bwd_sm90.cu` implements the backward
-//!   (dQ, dK, dV, d_bias) for the same plans, but it has only been compiled, never run on a
-//!   GPU. It stays off unless the environment variable `SIGMOID_ATTN_CUDA_BACKWARD=1` is set
-//!   when the backend is created; otherwise [`Backend::supports_backward`] and
-//!   [`Backend::backward`] return [`Error::Unsupported`] and callers fall back. Two modes:
+//! - **Backward.** `kernels/bwd_sm90.cu` computes dQ, dK, dV and d_bias for the same plans
+//!   (gradient conformance on an H200; see BENCHMARKS.md). Setting the environment variable
+//!   `SIGMOID_ATTN_CUDA_BACKWARD=0` when the backend is created turns it off, so that
+//!   [`Backend::supports_backward`] and [`Backend::backward`] return [`Error::Unsupported`]
+//!   and callers fall back to wgpu or the CPU. Two modes:
 //!   the default adds dQ in fp32 atomics from the KV-block-outer kernel (fast, not bitwise
 //!   repeatable); [`CudaBackend::set_deterministic`] (or `SIGMOID_ATTN_CUDA_DETERMINISTIC=1`)
 //!   computes dQ in a separate query-outer kernel with no float atomics, so that results are
@@ -118,7 +118,7 @@ pub struct RawTensors {
     pub o: u64,
 }
 
-/// Environment variable that turns the experimental backward on (`1`).
+/// Environment variable that turns the Hopper backward off (`0`); it is on otherwise.
 pub const BACKWARD_ENV: &str = "SIGMOID_ATTN_CUDA_BACKWARD";
 
 /// Environment variable that makes the backward deterministic by default (`1`).
@@ -191,7 +191,7 @@ impl CudaBackend {
             stream,
             device: format!("{name} (sm_90a, device {ordinal})"),
             jit: env_on("SIGMOID_ATTN_CUDA_JIT"),
-            backward_enabled: env_on(BACKWARD_ENV),
+            backward_enabled: !env_is(BACKWARD_ENV, "0"),
             deterministic: AtomicBool::new(env_on(DETERMINISTIC_ENV)),
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
@@ -243,8 +243,7 @@ impl CudaBackend {
         self.launch_forward(plan, ptrs, stream)
     }
 
-    /// True when the experimental backward is switched on (`SIGMOID_ATTN_CUDA_BACKWARD=1` at
-    /// creation).
+    /// True unless the backward was switched off (`SIGMOID_ATTN_CUDA_BACKWARD=0` at creation).
     pub fn backward_enabled(&self) -> bool {
         self.backward_enabled
     }
@@ -428,7 +427,11 @@ impl CudaBackend {
 }
 
 fn env_on(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| v == "1")
+    env_is(name, "1")
+}
+
+fn env_is(name: &str, value: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == value)
 }
 
 fn poisoned() -> Error {
@@ -453,16 +456,13 @@ impl Backend for CudaBackend {
         describe_forward(plan).map(|_| ())
     }
 
-    /// Declined unless `SIGMOID_ATTN_CUDA_BACKWARD=1` was set when the backend was created:
-    /// the Hopper backward is experimental and has not been verified on a GPU yet.
+    /// Declined when `SIGMOID_ATTN_CUDA_BACKWARD=0` was set when the backend was created, and
+    /// for plans the kernels do not cover (as for the forward).
     fn supports_backward(&self, plan: &Plan) -> Result<()> {
         if !self.backward_enabled {
             return Err(Error::Unsupported {
                 backend: BACKEND,
-                what: format!(
-                    "the backward pass (experimental and unverified on Hopper; set \
-                     {BACKWARD_ENV}=1 to try it)"
-                ),
+                what: format!("the backward pass (switched off by {BACKWARD_ENV}=0)"),
             });
         }
         describe_backward(plan).map(|_| ())
