@@ -369,7 +369,6 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
                     const float pv = sigmoid_from_qk(s_acc[e], coef);
                     s_acc[e] = pv;
                     dp_acc[e] *= pv * (1.0f - pv);
-                    dbias += dp_acc[e];
                 }
             } else {
 #pragma unroll
@@ -381,8 +380,11 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
                     const float ds = dp_acc[e] * pv * (1.0f - pv);
                     s_acc[e] = keep ? pv : 0.0f;
                     dp_acc[e] = keep ? ds : 0.0f;
-                    dbias += dp_acc[e];
                 }
+            }
+            if (p.dbias_ptr != 0) {  // the partial sum of d_bias only when it is wanted
+#pragma unroll
+                for (int e = 0; e < kKvM / 2; ++e) dbias += dp_acc[e];
             }
             u32 pf[kKvM / 16][4], dsf[kKvM / 16][4];
             pack_fragments<kKvM>(s_acc, pf);
@@ -399,12 +401,17 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
                 // keys, K-major and swizzled like a TMA-loaded tile) side by side into one
                 // 64 x 128 tile; then warpgroup wg computes its half of dQ's columns over all
                 // 128 keys, so that each dQ element takes one reduction per CTA and step.
+                // dsf[kk][m] is this lane's pair of the 8 keys x 8 queries block (queries
+                // 16 kk + 8 (m >> 1), keys 8 (m & 1) of the warp's 16): stmatrix .trans writes
+                // each block as 8 query rows of 8 contiguous keys, one 16-byte swizzle chunk.
                 const u32 ds_tile = sm.ds_tile(wg);
+                const int m = lane / 8;
 #pragma unroll
-                for (int e = 0; e < kKvM / 2; ++e) {
-                    const int key_local = row_in_wg + 8 * ((e >> 1) & 1);
-                    const int q_local = 8 * (e / 4) + col_lane + (e & 1);
-                    st_shared_b16(ds_tile + sw128_offset(q_local, key_local), to_storage_bits(dp_acc[e]));
+                for (int kk = 0; kk < kKvM / 16; ++kk) {
+                    const int q_local = 16 * kk + 8 * (m >> 1) + lane % 8;
+                    const int key_local = (t / 32) * 16 + 8 * (m & 1);
+                    stmatrix_x4_trans(ds_tile + sw128_offset(q_local, key_local), dsf[kk][0], dsf[kk][1], dsf[kk][2],
+                                      dsf[kk][3]);
                 }
                 fence_proxy_async();
                 named_barrier_sync(kBarAll, kThreads);

@@ -196,16 +196,13 @@ __device__ __forceinline__ void st_global_b32(void* p, u32 v) {
 // ---------------------------------------------------------------- backward additions
 // (new wrappers only; the forward does not use them)
 
-/// `cvt.rn.{bf16,f16}.f32`: one value rounded to the storage type, as its 16 bits.
-__device__ __forceinline__ unsigned short to_storage_bits(float x) {
-    unsigned short r;
-    asm("cvt.rn." SA_PTX_DTYPE ".f32 %0, %1;\n" : "=h"(r) : "f"(x));
-    return r;
-}
-
-/// `st.shared.b16`: stores 16 bits to shared memory.
-__device__ __forceinline__ void st_shared_b16(u32 addr, unsigned short v) {
-    asm volatile("st.shared.b16 [%0], %1;\n" ::"r"(addr), "h"(v) : "memory");
+/// `stmatrix.sync.aligned.m8n8.x4.trans.shared.b16`: stores four 8x8 tiles of 16-bit elements
+/// held in the mma fragment layout (register m: this lane's pair of tile m), each transposed.
+/// Lane L gives the address of row L % 8 of stored tile L / 8: 16 contiguous bytes.
+__device__ __forceinline__ void stmatrix_x4_trans(u32 addr, u32 r0, u32 r1, u32 r2, u32 r3) {
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r0),
+                 "r"(r1), "r"(r2), "r"(r3)
+                 : "memory");
 }
 
 /// `red.global.add.v4.f32`: four fp32 reductions into 16 contiguous, 16-byte aligned bytes in
