@@ -11,19 +11,23 @@
 // Entry points (one cubin per dtype x head dim x sigmoid mode holds all four):
 //
 //   sigmoid_attn_bwd_dkdv     grid (key blocks, kv heads, batch). KV-block-outer: a CTA owns
-//                             kKeyBlock keys of one (sequence, kv head), 64 per warpgroup, and
-//                             keeps their dK and dV accumulators in registers while it walks
-//                             every query tile of every query head of the GQA group. Per tile:
+//                             kKeyBlock keys of one (sequence, kv head), 64 per consumer
+//                             warpgroup, and keeps their dK and dV accumulators in registers
+//                             while it walks every query tile of every query head of the GQA
+//                             group. A producer warp streams Q/dO tiles through a kStages ring
+//                             (full/empty mbarriers). Per step, each consumer warpgroup:
 //                               S^T  = K Q^T    (wgmma SS, M = keys, N = queries)
 //                               dP^T = V dO^T   (wgmma SS)
 //                               P, dS in registers (masked by selects, never by multiplying)
 //                               dV  += P^T dO   (wgmma RS: P^T is already in the A layout)
 //                               dK  += dS^T Q   (wgmma RS)
-//                             and with atomic_dq = 1 also dQ_tile = dS K: both warpgroups'
-//                             dS go to shared memory (swizzled, K-major) as one 64 x 128
-//                             tile, each warpgroup multiplies it by its half of K's columns
-//                             and adds the result with red.global.add.v4.f32 into the fp32
-//                             workspace dq_accum (tiled in fragment order, see below).
+//                             and with atomic_dq = 1 also dQ_tile = dS K, one step late: both
+//                             warpgroups write their dS (stmatrix) into one 64 x 128 tile of a
+//                             double buffer; in the next step each multiplies it by its half
+//                             of K's columns and adds the result with red.global.add.v4.f32
+//                             into the fp32 workspace dq_accum (tiled in fragment order, see
+//                             "dQ workspace"). The delay lets the warpgroups drift apart by up
+//                             to a step, so one's elementwise work overlaps the other's GEMMs.
 //                             Each CTA writes its partial sum of dS to dbias_partial.
 //   sigmoid_attn_bwd_dq       deterministic mode: grid (query blocks, heads, batch).
 //                             Query-outer, no atomics: S = Q K^T, dP = dO V^T, dS, dQ += dS K
@@ -39,9 +43,9 @@
 // rows wherever a masked (zero) factor would otherwise multiply them inside a GEMM (Q and dO
 // rows past len_q in dkdv, K and V rows past len_k in both kernels).
 //
-// No warp specialisation: both warpgroups compute; thread 0 issues the TMA loads. Streamed
-// tiles use a kStages ring; the load of tile t + kStages is issued after every thread has met
-// at a barrier at the end of step t (so the stage is free). Simple rather than fast.
+// The deterministic dQ kernel has no warp specialisation: both warpgroups compute, thread 0
+// issues the TMA loads, and the load of tile t + kStages is issued after every thread has met
+// at a barrier at the end of step t.
 //
 // Variant macros: SA_HEAD_DIM = 64 | 128, SA_F16 (else bf16), SA_ACCURATE (else fast sigmoid).
 #include "ptx.cuh"
@@ -60,7 +64,9 @@ constexpr int kD = SA_HEAD_DIM;
 typedef BwdConfig<kD> Cfg;
 static_assert(kD == 64 || kD == 128, "head dims of the backward: 64, 128");
 
-constexpr int kThreads = 256;  // two warpgroups
+constexpr int kThreads = 256;  // dQ, convert: two warpgroups
+constexpr int kDkdvThreads = 384;  // dK/dV: a producer warpgroup and two consumer warpgroups
+constexpr int kProducerRegs = 24, kConsumerRegs = 240;  // setmaxnreg budgets of the dK/dV roles
 constexpr int kSub = kD / 64;  // 64-column (128-byte) sub-tiles of a row
 constexpr int kStages = Cfg::kStages;
 
@@ -71,7 +77,7 @@ constexpr int kKvKSub = kKvN * 128;     // bytes of one 64-column sub-tile of th
 constexpr int kKvQSub = kKvM * 128;     // bytes of one sub-tile of a Q (or dO) tile
 constexpr int kKvKBytes = kKvN * kD * 2;
 constexpr int kKvQBytes = kKvM * kD * 2;
-constexpr int kDsBytes = kKvM * 128;    // one warpgroup's dS tile: kKvM queries x 64 keys
+constexpr int kDsBytes = kKvM * 128;    // one warpgroup's half of a dS tile: kKvM queries x 64 keys
 static_assert(kKvN == 128 && kKvM == 64, "the dK/dV kernel is written for 128 keys x 64 queries");
 
 // dQ kernel
@@ -83,13 +89,16 @@ constexpr int kQQBytes = kQM * kD * 2;
 constexpr int kQKBytes = kQN * kD * 2;
 static_assert(kQM == 128 && kQN == 64, "the dQ kernel is written for 128 queries x 64 keys");
 
-constexpr int kDkdvSmemBytes = 1024 + 2 * kKvKBytes + 2 * kStages * kKvQBytes + 2 * kDsBytes +
-                               8 * (1 + kStages);
+constexpr int kDkdvBarriers = 4 + 2 * kStages + 4;  // see DkdvSmem
+constexpr int kDkdvSmemBytes = 1024 + 2 * kKvKBytes + 2 * kStages * kKvQBytes + 2 * 2 * kDsBytes +
+                               8 * kDkdvBarriers;
 constexpr int kDqSmemBytes = 1024 + 2 * kQQBytes + 2 * kStages * kQKBytes + 8 * (1 + kStages);
 static_assert(kDkdvSmemBytes <= 227 * 1024 && kDqSmemBytes <= 227 * 1024, "shared memory");
 
-// Named barrier of all 256 threads (0 is __syncthreads).
+// Named barriers (0 is __syncthreads): all 256 threads of the dQ kernel; the 256 consumer
+// threads of the dK/dV kernel.
 constexpr u32 kBarAll = 1;
+constexpr u32 kBarConsumers = 2;
 
 __device__ __forceinline__ BwdSeqInfo load_seq(const BwdParams& p, int b) {
     if (p.seq_ptr == 0) return p.uniform;
@@ -97,26 +106,27 @@ __device__ __forceinline__ BwdSeqInfo load_seq(const BwdParams& p, int b) {
 }
 
 /// Zeroes rows [valid, rows) of a tile made of kSub sub-tiles of `rows` x 128 bytes (a whole
-/// row is cleared, so the swizzle inside it does not matter). All 256 threads take part; the
-/// caller fences and meets at a barrier before the tile is read by wgmma.
-__device__ __forceinline__ void zero_rows(u32 tile, int rows, int valid) {
+/// row is cleared, so the swizzle inside it does not matter). Threads `first`.. `first` +
+/// `count` - 1 of the CTA take part; the caller fences and synchronises before wgmma reads it.
+__device__ __forceinline__ void zero_rows(u32 tile, int rows, int valid, int first = 0, int count = kThreads) {
     const int chunks = (rows - valid) * 8;  // 16-byte chunks per sub-tile
-    for (int c = threadIdx.x; c < chunks * kSub; c += kThreads) {
+    for (int c = static_cast<int>(threadIdx.x) - first; c < chunks * kSub; c += count) {
         const int sub = c / chunks, rem = c % chunks;
         st_shared_zero16(tile + sub * rows * 128 + (valid + rem / 8) * 128 + (rem % 8) * 16);
     }
 }
 
-/// Sum over the CTA in a fixed order (deterministic). All threads call it; thread 0 gets it.
-__device__ __forceinline__ float block_sum(float x) {
-    __shared__ float partial[kThreads / 32];
+/// Sum over the 256 consumer threads of the dK/dV kernel (consumer thread index `ct`) in a
+/// fixed order, so deterministic. Consumer thread 0 gets it.
+__device__ __forceinline__ float consumer_sum(float x, int ct) {
+    __shared__ float partial[8];
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-    if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = x;
-    __syncthreads();
+    if (ct % 32 == 0) partial[ct / 32] = x;
+    named_barrier_sync(kBarConsumers, 256);
     float s = 0.0f;
-    if (threadIdx.x == 0) {
-        for (int i = 0; i < kThreads / 32; ++i) s += partial[i];
+    if (ct == 0) {
+        for (int i = 0; i < 8; ++i) s += partial[i];
     }
     return s;
 }
@@ -186,7 +196,12 @@ __device__ __forceinline__ void store_rows(const float (&acc)[kD / 2], float mul
 }
 
 /// Shared memory of the dK/dV kernel: the CTA's K and V blocks (loaded once), a ring of Q/dO
-/// tiles, one dS tile per warpgroup (atomic mode), then the barriers.
+/// tiles, two dS tiles (64 queries x 128 keys: one half per consumer warpgroup; two so that the
+/// dQ product of a step can run a step later), then the barriers:
+///   kv_load (TMA) -> kv_full (K, V ready, tail rows zeroed), tail_load (TMA of a stage whose
+///   rows the producer must zero), full(s) (stage s ready), empty(s) (stage s consumed, one
+///   arrival per consumer warp), ds_ready(i) / ds_free(i) (dS tile i written / read by wgmma:
+///   one arrival per consumer thread).
 struct DkdvSmem {
     u32 k, v, q, d_o, ds, bars;
     __device__ __forceinline__ explicit DkdvSmem(u32 base) {
@@ -195,13 +210,19 @@ struct DkdvSmem {
         q = v + kKvKBytes;
         d_o = q + kStages * kKvQBytes;
         ds = d_o + kStages * kKvQBytes;
-        bars = ds + 2 * kDsBytes;
+        bars = ds + 2 * 2 * kDsBytes;
     }
-    __device__ __forceinline__ u32 kv_full() const { return bars; }
-    __device__ __forceinline__ u32 full(int s) const { return bars + 8 * (1 + s); }
+    __device__ __forceinline__ u32 kv_load() const { return bars; }
+    __device__ __forceinline__ u32 kv_full() const { return bars + 8; }
+    __device__ __forceinline__ u32 tail_load() const { return bars + 16; }
+    __device__ __forceinline__ u32 full(int s) const { return bars + 8 * (4 + s); }
+    __device__ __forceinline__ u32 empty(int s) const { return bars + 8 * (4 + kStages + s); }
+    __device__ __forceinline__ u32 ds_ready(int i) const { return bars + 8 * (4 + 2 * kStages + i); }
+    __device__ __forceinline__ u32 ds_free(int i) const { return bars + 8 * (4 + 2 * kStages + 2 + i); }
     __device__ __forceinline__ u32 q_tile(int s) const { return q + s * kKvQBytes; }
     __device__ __forceinline__ u32 do_tile(int s) const { return d_o + s * kKvQBytes; }
-    __device__ __forceinline__ u32 ds_tile(int wg) const { return ds + wg * kDsBytes; }
+    /// Half `half` (keys 64 half ..) of dS tile `i`.
+    __device__ __forceinline__ u32 ds_tile(int i, int half) const { return ds + (2 * i + half) * kDsBytes; }
 };
 
 // dQ workspace (atomic mode). fp32, whole tiles of kKvM = 64 query rows per (tile, head),
@@ -220,10 +241,10 @@ __device__ __forceinline__ long long dq_accum_offset(long long tile, int h, int 
 /// dq(64 x kDqCols) = dS(64 queries x 128 keys) K(128 keys x this warpgroup's columns): dS from
 /// the two swizzled 64-key tiles, K read N-major from the resident key block.
 template <int D>
-__device__ __forceinline__ void gemm_dq_half(float (&dq)[D / 4], const DkdvSmem& sm, int wg) {
+__device__ __forceinline__ void gemm_dq_half(float (&dq)[D / 4], const DkdvSmem& sm, int tile, int wg) {
 #pragma unroll
     for (int kk = 0; kk < kKvN / 16; ++kk) {
-        const u64 da = wgmma_desc_sw128(sm.ds_tile(kk / 4) + (kk % 4) * 32, 16, 1024);
+        const u64 da = wgmma_desc_sw128(sm.ds_tile(tile, kk / 4) + (kk % 4) * 32, 16, 1024);
         if constexpr (D == 128) {
             // Columns 64 wg .. 64 wg + 63: K's 64-column sub-tile wg.
             const u64 db = wgmma_desc_sw128(sm.k + wg * kKvKSub + kk * 16 * 128, kKvKSub, 1024);
@@ -256,10 +277,211 @@ __device__ __forceinline__ QueryRange query_range(const BwdSeqInfo& s, int k0, i
 using namespace sa;
 using namespace sa::bwd;
 
+namespace sa {
+namespace bwd {
+
+/// One step of the dK/dV kernel: query head and first query row (within the sequence) of step
+/// `it`, which covers query head kvh * kv_group + it / m_tiles, tile m_begin + it % m_tiles.
+struct Step {
+    int h, q0;
+};
+
+__device__ __forceinline__ Step step_of(const BwdParams& p, const QueryRange& qr, int kvh, int it) {
+    const int m_tiles = qr.m_end - qr.m_begin;
+    return Step{kvh * p.kv_group + it / m_tiles, (qr.m_begin + it % m_tiles) * kKvM};
+}
+
+/// Producer warp of the dK/dV kernel (all 32 lanes; lane 0 issues the TMA): the key block
+/// once, then the Q/dO tile of every step into the ring. Rows past len_k (K, V) and past len_q
+/// (Q, dO) may hold anything, NaN included, and 0 * NaN would reach dK, dV and dQ through the
+/// GEMMs, so the warp zeroes them before it releases the tile.
+__device__ __forceinline__ void dkdv_produce(const TensorMap& tm_q, const TensorMap& tm_k, const TensorMap& tm_v,
+                                             const TensorMap& tm_do, const BwdParams& p, const DkdvSmem& sm,
+                                             const BwdSeqInfo& seq, const QueryRange& qr, int n_tiles, int kvh,
+                                             int b, int k0, int lane) {
+    const int bq = b * p.map_batch;
+    if (lane == 0) {
+        tma_prefetch_desc(&tm_q);
+        tma_prefetch_desc(&tm_do);
+        mbar_arrive_expect_tx(sm.kv_load(), 2 * kKvKBytes);
+#pragma unroll
+        for (int c = 0; c < kSub; ++c) {
+            tma_load_4d(sm.k + c * kKvKSub, &tm_k, sm.kv_load(), c * 64, seq.k_start + k0, kvh, bq);
+            tma_load_4d(sm.v + c * kKvKSub, &tm_v, sm.kv_load(), c * 64, seq.k_start + k0, kvh, bq);
+        }
+    }
+    mbar_wait(sm.kv_load(), 0);
+    if (k0 + kKvN > seq.len_k) {
+        zero_rows(sm.k, kKvN, seq.len_k - k0, 0, 32);
+        zero_rows(sm.v, kKvN, seq.len_k - k0, 0, 32);
+        fence_proxy_async();
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(sm.kv_full());
+
+    int tails = 0;  // completed phases of tail_load
+    for (int it = 0; it < n_tiles; ++it) {
+        const int s = it % kStages;
+        const Step st = step_of(p, qr, kvh, it);
+        const bool tail = st.q0 + kKvM > seq.len_q;
+        mbar_wait(sm.empty(s), ((it / kStages) & 1) ^ 1);
+        const u32 bar = tail ? sm.tail_load() : sm.full(s);
+        if (lane == 0) {
+            mbar_arrive_expect_tx(bar, 2 * kKvQBytes);
+            const int row = seq.q_start + st.q0;
+#pragma unroll
+            for (int c = 0; c < kSub; ++c) {
+                tma_load_4d(sm.q_tile(s) + c * kKvQSub, &tm_q, bar, c * 64, row, st.h, bq);
+                tma_load_4d(sm.do_tile(s) + c * kKvQSub, &tm_do, bar, c * 64, row, st.h, bq);
+            }
+        }
+        if (tail) {
+            mbar_wait(sm.tail_load(), tails & 1);
+            ++tails;
+            zero_rows(sm.q_tile(s), kKvM, seq.len_q - st.q0, 0, 32);
+            zero_rows(sm.do_tile(s), kKvM, seq.len_q - st.q0, 0, 32);
+            fence_proxy_async();
+            __syncwarp();
+            if (lane == 0) mbar_arrive(sm.full(s));
+        }
+    }
+}
+
+/// dQ of step `j` (atomic mode), one step late: waits until both consumer warpgroups have
+/// written dS tile j % 2, multiplies it by this warpgroup's half of K's columns, frees the
+/// tile and adds the result into the fp32 workspace. Also completes every earlier wgmma.
+__device__ __forceinline__ void dkdv_dq_step(const BwdParams& p, const DkdvSmem& sm, const BwdSeqInfo& seq,
+                                             int b, int j, Step st, int cw, int t) {
+    const int tile = j & 1;
+    mbar_wait(sm.ds_ready(tile), (j >> 1) & 1);
+    float dq[kDqCols / 2];
+    wgmma_fence();
+    gemm_dq_half<kD>(dq, sm, tile, cw);
+    wgmma_commit();
+    wgmma_wait<0>();
+    reg_fence(dq);
+    mbar_arrive(sm.ds_free(tile));
+    const long long ws_tile = static_cast<long long>(b) * p.accum_tiles_batch + seq.accum_tile + st.q0 / kKvM;
+    float* dst = reinterpret_cast<float*>(p.dq_accum_ptr) + dq_accum_offset(ws_tile, st.h, p.heads, cw, t);
+#pragma unroll
+    for (int g = 0; g < kDqGroups; ++g) {
+        red_add_v4_f32(dst + g * 4 * 128, dq[4 * g], dq[4 * g + 1], dq[4 * g + 2], dq[4 * g + 3]);
+    }
+}
+
+/// Consumer warpgroup `cw` of the dK/dV kernel: 64 keys (k0 + 64 cw ..) against every step's
+/// 64 queries. Accumulates dK and dV (unscaled) and this thread's share of d_bias.
+__device__ __forceinline__ void dkdv_consume(const BwdParams& p, const DkdvSmem& sm, const BwdSeqInfo& seq,
+                                             const QueryRange& qr, int n_tiles, int kvh, int b, int k0, int cw,
+                                             float (&dk)[kD / 2], float (&dv)[kD / 2], float& dbias) {
+    const int t = threadIdx.x % 128;
+    const int lane = t % 32;
+    const int row_in_wg = (t / 32) * 16 + lane / 4;  // accumulator row of elements e with (e>>1)&1 == 0
+    const int col_lane = 2 * (lane % 4);              // accumulator column offset of element 0
+    const int key_wg0 = k0 + cw * 64;                 // first key (in the sequence) of this warpgroup
+    const SigmoidCoef coef = sigmoid_coef(p.scale, seq.bias);
+
+    mbar_wait(sm.kv_full(), 0);
+    Step prev{0, 0};
+    for (int it = 0; it < n_tiles; ++it) {
+        const int s = it % kStages;
+        const Step st = step_of(p, qr, kvh, it);
+        const int q0 = st.q0;
+        mbar_wait(sm.full(s), (it / kStages) & 1);
+
+        // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys x kKvM queries.
+        float s_acc[kKvM / 2], dp_acc[kKvM / 2];
+        wgmma_fence();
+        gemm_nt_64(s_acc, sm.k, kKvKSub, cw * 64, sm.q_tile(s), kKvQSub);
+        gemm_nt_64(dp_acc, sm.v, kKvKSub, cw * 64, sm.do_tile(s), kKvQSub);
+        wgmma_commit();
+        wgmma_wait<0>();
+        reg_fence(s_acc);
+        reg_fence(dp_acc);
+
+        // P and dS in place. Element e: key row_in_wg + 8 * ((e >> 1) & 1) of the warpgroup,
+        // query 8 * (e / 4) + col_lane + (e & 1) of the tile. Tiles inside every mask (uniform
+        // per warpgroup) skip the per-element tests.
+        const bool interior = key_wg0 + 64 <= seq.len_k && q0 + kKvM <= seq.len_q &&
+                              (!p.causal || key_wg0 + 63 <= q0);
+        if (interior) {
+#pragma unroll
+            for (int e = 0; e < kKvM / 2; ++e) {
+                const float pv = sigmoid_from_qk(s_acc[e], coef);
+                s_acc[e] = pv;
+                dp_acc[e] *= pv * (1.0f - pv);
+            }
+        } else {
+#pragma unroll
+            for (int e = 0; e < kKvM / 2; ++e) {
+                const int key = key_wg0 + row_in_wg + 8 * ((e >> 1) & 1);
+                const int query = q0 + 8 * (e / 4) + col_lane + (e & 1);
+                const bool keep = key < seq.len_k && query < seq.len_q && (!p.causal || key <= query);
+                const float pv = sigmoid_from_qk(s_acc[e], coef);
+                const float ds = dp_acc[e] * pv * (1.0f - pv);
+                s_acc[e] = keep ? pv : 0.0f;
+                dp_acc[e] = keep ? ds : 0.0f;
+            }
+        }
+        if (p.dbias_ptr != 0) {  // the partial sum of d_bias only when it is wanted
+#pragma unroll
+            for (int e = 0; e < kKvM / 2; ++e) dbias += dp_acc[e];
+        }
+        u32 pf[kKvM / 16][4], dsf[kKvM / 16][4];
+        pack_fragments<kKvM>(s_acc, pf);
+        pack_fragments<kKvM>(dp_acc, dsf);
+
+        // dV += P^T dO, dK += dS^T Q (A from registers; dO and Q read N-major).
+        wgmma_fence();
+        gemm_rs_nn<kD>(dv, pf, sm.do_tile(s), kKvQSub);
+        gemm_rs_nn<kD>(dk, dsf, sm.q_tile(s), kKvQSub);
+        wgmma_commit();
+
+        if (p.atomic_dq) {
+            // This warpgroup's half of dS tile it % 2 (queries x keys, K-major, swizzled like
+            // a TMA-loaded tile). dsf[kk][m] is this lane's pair of the 8 keys x 8 queries
+            // block (queries 16 kk + 8 (m >> 1), keys 8 (m & 1) of the warp's 16): stmatrix
+            // .trans writes it as 8 query rows of 8 contiguous keys, one 16-byte chunk each.
+            const int cur = it & 1;
+            mbar_wait(sm.ds_free(cur), ((it >> 1) & 1) ^ 1);
+            const u32 ds_half = sm.ds_tile(cur, cw);
+            const int m = lane / 8;
+#pragma unroll
+            for (int kk = 0; kk < kKvM / 16; ++kk) {
+                const int q_local = 16 * kk + 8 * (m >> 1) + lane % 8;
+                const int key_local = (t / 32) * 16 + 8 * (m & 1);
+                stmatrix_x4_trans(ds_half + sw128_offset(q_local, key_local), dsf[kk][0], dsf[kk][1], dsf[kk][2],
+                                  dsf[kk][3]);
+            }
+            fence_proxy_async();
+            mbar_arrive(sm.ds_ready(cur));
+            // The previous step's dQ runs now, behind this step's dV and dK products, so
+            // that neither warpgroup waits for the other's dS in the same step.
+            if (it > 0) {
+                dkdv_dq_step(p, sm, seq, b, it - 1, prev, cw, t);
+            } else {
+                wgmma_wait<0>();
+            }
+        } else {
+            wgmma_wait<0>();
+        }
+        reg_fence(dv);
+        reg_fence(dk);
+        __syncwarp();
+        if (lane == 0) mbar_arrive(sm.empty(s));  // this warp is done with stage s
+        prev = st;
+    }
+    if (p.atomic_dq && n_tiles > 0) dkdv_dq_step(p, sm, seq, b, n_tiles - 1, prev, cw, t);
+}
+
+}  // namespace bwd
+}  // namespace sa
+
 /// dK, dV (and, with p.atomic_dq, dQ into the fp32 workspace) for one block of kKvN keys of one
-/// (sequence, kv head). Grid: (key_blocks, kv_heads, batch). Block: 256 threads. Dynamic shared
-/// memory: kDkdvSmemBytes.
-extern "C" __global__ void __launch_bounds__(kThreads, 1)
+/// (sequence, kv head). Grid: (key_blocks, kv_heads, batch). Block: kDkdvThreads (a producer
+/// warpgroup, of which one warp works, and two consumer warpgroups). Dynamic shared memory:
+/// kDkdvSmemBytes.
+extern "C" __global__ void __launch_bounds__(kDkdvThreads, 1)
     sigmoid_attn_bwd_dkdv(const __grid_constant__ TensorMap tm_q, const __grid_constant__ TensorMap tm_k,
                           const __grid_constant__ TensorMap tm_v, const __grid_constant__ TensorMap tm_do,
                           const __grid_constant__ BwdParams p) {
@@ -269,17 +491,35 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     const int n_block = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
     const BwdSeqInfo seq = load_seq(p, b);
     const int k0 = n_block * kKvN;
-    const int wg = threadIdx.x / 128;
-    const int t = threadIdx.x % 128;
-    const int lane = t % 32;
-    const int row_in_wg = (t / 32) * 16 + lane / 4;  // accumulator row of elements e with (e>>1)&1 == 0
-    const int col_lane = 2 * (lane % 4);              // accumulator column offset of element 0
-    const int key_wg0 = k0 + wg * 64;                 // first key (in the sequence) of this warpgroup
-
     const QueryRange qr = query_range(seq, k0, p.causal);
-    const int m_tiles = qr.m_end - qr.m_begin;
-    const int n_tiles = k0 < seq.rows_k ? p.kv_group * m_tiles : 0;  // steps: query heads x tiles
+    const int n_tiles = k0 < seq.rows_k ? p.kv_group * (qr.m_end - qr.m_begin) : 0;  // query heads x tiles
 
+    if (threadIdx.x == 0) {
+        mbar_init(sm.kv_load(), 1);
+        mbar_init(sm.kv_full(), 1);
+        mbar_init(sm.tail_load(), 1);
+        for (int s = 0; s < kStages; ++s) {
+            mbar_init(sm.full(s), 1);
+            mbar_init(sm.empty(s), 8);  // one arrival per consumer warp
+        }
+        for (int i = 0; i < 2; ++i) {
+            mbar_init(sm.ds_ready(i), 256);  // one arrival per consumer thread
+            mbar_init(sm.ds_free(i), 256);
+        }
+        fence_barrier_init();
+    }
+    __syncthreads();
+
+    const int wg = threadIdx.x / 128;
+    if (wg == 0) {
+        regs_decrease<kProducerRegs>();
+        if (threadIdx.x < 32 && n_tiles > 0) {
+            dkdv_produce(tm_q, tm_k, tm_v, tm_do, p, sm, seq, qr, n_tiles, kvh, b, k0, threadIdx.x);
+        }
+        return;
+    }
+    regs_increase<kConsumerRegs>();
+    const int cw = wg - 1, ct = threadIdx.x - 128;
     float dk[kD / 2], dv[kD / 2];
 #pragma unroll
     for (int i = 0; i < kD / 2; ++i) {
@@ -287,175 +527,28 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
         dv[i] = 0.0f;
     }
     float dbias = 0.0f;
-
-    if (n_tiles > 0) {  // uniform over the CTA
-        const int bq = b * p.map_batch;
-        // Step `it` covers query head kvh * kv_group + it / m_tiles, query tile
-        // m_begin + it % m_tiles. Issued by thread 0 into stage it % kStages.
-        auto load_step = [&](int it) {
-            const int s = it % kStages;
-            const int h = kvh * p.kv_group + it / m_tiles;
-            const int row = seq.q_start + (qr.m_begin + it % m_tiles) * kKvM;
-            mbar_arrive_expect_tx(sm.full(s), 2 * kKvQBytes);
-#pragma unroll
-            for (int c = 0; c < kSub; ++c) {
-                tma_load_4d(sm.q_tile(s) + c * kKvQSub, &tm_q, sm.full(s), c * 64, row, h, bq);
-                tma_load_4d(sm.do_tile(s) + c * kKvQSub, &tm_do, sm.full(s), c * 64, row, h, bq);
-            }
-        };
-        if (threadIdx.x == 0) {
-            mbar_init(sm.kv_full(), 1);
-            for (int s = 0; s < kStages; ++s) mbar_init(sm.full(s), 1);
-            fence_barrier_init();
-        }
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            tma_prefetch_desc(&tm_q);
-            tma_prefetch_desc(&tm_k);
-            tma_prefetch_desc(&tm_v);
-            tma_prefetch_desc(&tm_do);
-            mbar_arrive_expect_tx(sm.kv_full(), 2 * kKvKBytes);
-#pragma unroll
-            for (int c = 0; c < kSub; ++c) {
-                tma_load_4d(sm.k + c * kKvKSub, &tm_k, sm.kv_full(), c * 64, seq.k_start + k0, kvh, bq);
-                tma_load_4d(sm.v + c * kKvKSub, &tm_v, sm.kv_full(), c * 64, seq.k_start + k0, kvh, bq);
-            }
-            for (int it = 0; it < kStages && it < n_tiles; ++it) load_step(it);
-        }
-
-        // K and V rows past len_k may hold anything (NaN): zero them once. dS is 0 there, but
-        // 0 * NaN would still reach dQ through dS K.
-        mbar_wait(sm.kv_full(), 0);
-        if (k0 + kKvN > seq.len_k) {
-            zero_rows(sm.k, kKvN, seq.len_k - k0);
-            zero_rows(sm.v, kKvN, seq.len_k - k0);
-            fence_proxy_async();
-        }
-        named_barrier_sync(kBarAll, kThreads);
-
-        const SigmoidCoef coef = sigmoid_coef(p.scale, seq.bias);
-        for (int it = 0; it < n_tiles; ++it) {
-            const int s = it % kStages;
-            const int h = kvh * p.kv_group + it / m_tiles;
-            const int q0 = (qr.m_begin + it % m_tiles) * kKvM;
-            mbar_wait(sm.full(s), (it / kStages) & 1);
-            // Query rows past len_q: P and dS are 0 there, but 0 * NaN in dO or Q would reach
-            // dV and dK through the GEMMs. Zero them in this stage.
-            if (q0 + kKvM > seq.len_q) {
-                zero_rows(sm.q_tile(s), kKvM, seq.len_q - q0);
-                zero_rows(sm.do_tile(s), kKvM, seq.len_q - q0);
-                fence_proxy_async();
-                named_barrier_sync(kBarAll, kThreads);
-            }
-
-            // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys x kKvM queries.
-            float s_acc[kKvM / 2], dp_acc[kKvM / 2];
-            wgmma_fence();
-            gemm_nt_64(s_acc, sm.k, kKvKSub, wg * 64, sm.q_tile(s), kKvQSub);
-            gemm_nt_64(dp_acc, sm.v, kKvKSub, wg * 64, sm.do_tile(s), kKvQSub);
-            wgmma_commit();
-            wgmma_wait<0>();
-            reg_fence(s_acc);
-            reg_fence(dp_acc);
-
-            // P and dS in place. Element e: key row_in_wg + 8 * ((e >> 1) & 1) of the warpgroup,
-            // query 8 * (e / 4) + col_lane + (e & 1) of the tile.
-            // Tiles inside every mask (uniform per warpgroup) skip the per-element tests.
-            const bool interior = key_wg0 + 64 <= seq.len_k && q0 + kKvM <= seq.len_q &&
-                                  (!p.causal || key_wg0 + 63 <= q0);
-            if (interior) {
-#pragma unroll
-                for (int e = 0; e < kKvM / 2; ++e) {
-                    const float pv = sigmoid_from_qk(s_acc[e], coef);
-                    s_acc[e] = pv;
-                    dp_acc[e] *= pv * (1.0f - pv);
-                }
-            } else {
-#pragma unroll
-                for (int e = 0; e < kKvM / 2; ++e) {
-                    const int key = key_wg0 + row_in_wg + 8 * ((e >> 1) & 1);
-                    const int query = q0 + 8 * (e / 4) + col_lane + (e & 1);
-                    const bool keep = key < seq.len_k && query < seq.len_q && (!p.causal || key <= query);
-                    const float pv = sigmoid_from_qk(s_acc[e], coef);
-                    const float ds = dp_acc[e] * pv * (1.0f - pv);
-                    s_acc[e] = keep ? pv : 0.0f;
-                    dp_acc[e] = keep ? ds : 0.0f;
-                }
-            }
-            if (p.dbias_ptr != 0) {  // the partial sum of d_bias only when it is wanted
-#pragma unroll
-                for (int e = 0; e < kKvM / 2; ++e) dbias += dp_acc[e];
-            }
-            u32 pf[kKvM / 16][4], dsf[kKvM / 16][4];
-            pack_fragments<kKvM>(s_acc, pf);
-            pack_fragments<kKvM>(dp_acc, dsf);
-
-            // dV += P^T dO, dK += dS^T Q (A from registers; dO and Q read N-major).
-            wgmma_fence();
-            gemm_rs_nn<kD>(dv, pf, sm.do_tile(s), kKvQSub);
-            gemm_rs_nn<kD>(dk, dsf, sm.q_tile(s), kKvQSub);
-            wgmma_commit();
-
-            if (p.atomic_dq) {
-                // dQ(q0.., :) += dS K. Both warpgroups write their 64 keys of dS (queries x
-                // keys, K-major and swizzled like a TMA-loaded tile) side by side into one
-                // 64 x 128 tile; then warpgroup wg computes its half of dQ's columns over all
-                // 128 keys, so that each dQ element takes one reduction per CTA and step.
-                // dsf[kk][m] is this lane's pair of the 8 keys x 8 queries block (queries
-                // 16 kk + 8 (m >> 1), keys 8 (m & 1) of the warp's 16): stmatrix .trans writes
-                // each block as 8 query rows of 8 contiguous keys, one 16-byte swizzle chunk.
-                const u32 ds_tile = sm.ds_tile(wg);
-                const int m = lane / 8;
-#pragma unroll
-                for (int kk = 0; kk < kKvM / 16; ++kk) {
-                    const int q_local = 16 * kk + 8 * (m >> 1) + lane % 8;
-                    const int key_local = (t / 32) * 16 + 8 * (m & 1);
-                    stmatrix_x4_trans(ds_tile + sw128_offset(q_local, key_local), dsf[kk][0], dsf[kk][1], dsf[kk][2],
-                                      dsf[kk][3]);
-                }
-                fence_proxy_async();
-                named_barrier_sync(kBarAll, kThreads);
-                float dq[kDqCols / 2];
-                wgmma_fence();
-                gemm_dq_half<kD>(dq, sm, wg);
-                wgmma_commit();
-                wgmma_wait<0>();
-                reg_fence(dq);
-                const long long tile = static_cast<long long>(b) * p.accum_tiles_batch + seq.accum_tile + q0 / kKvM;
-                float* dst = reinterpret_cast<float*>(p.dq_accum_ptr) + dq_accum_offset(tile, h, p.heads, wg, t);
-#pragma unroll
-                for (int g = 0; g < kDqCols / 8; ++g) {
-                    red_add_v4_f32(dst + g * 4 * 128, dq[4 * g], dq[4 * g + 1], dq[4 * g + 2], dq[4 * g + 3]);
-                }
-            }
-            wgmma_wait<0>();
-            reg_fence(dv);
-            reg_fence(dk);
-
-            // Every thread is done with stage s (and with its dS tile): refill the stage.
-            named_barrier_sync(kBarAll, kThreads);
-            if (threadIdx.x == 0 && it + kStages < n_tiles) load_step(it + kStages);
-        }
-    }
+    if (n_tiles > 0) dkdv_consume(p, sm, seq, qr, n_tiles, kvh, b, k0, cw, dk, dv, dbias);
 
     // Partial d_bias of this CTA, written by every CTA (zeros included) so that the reduction
     // reads a complete table.
-    const float db = block_sum(dbias);
-    if (threadIdx.x == 0) {
+    const float db = consumer_sum(dbias, ct);
+    if (ct == 0) {
         float* partial = reinterpret_cast<float*>(p.dbias_partial_ptr);
         partial[(static_cast<long long>(b) * p.kv_heads + kvh) * p.key_blocks + n_block] = db;
     }
 
     if (k0 < seq.rows_k) {
+        const int t = ct % 128, lane = t % 32;
+        const int row_in_wg = (t / 32) * 16 + lane / 4;
         unsigned char* dk_base = reinterpret_cast<unsigned char*>(p.dk_ptr) +
                                  2 * (static_cast<long long>(b) * p.dk_stride_batch +
                                       static_cast<long long>(kvh) * p.dk_stride_head);
         unsigned char* dv_base = reinterpret_cast<unsigned char*>(p.dv_ptr) +
                                  2 * (static_cast<long long>(b) * p.dv_stride_batch +
                                       static_cast<long long>(kvh) * p.dv_stride_head);
-        store_rows(dk, p.scale, dk_base, p.dk_stride_seq, seq.k_start, k0 + wg * 64, seq.len_k, seq.rows_k,
+        store_rows(dk, p.scale, dk_base, p.dk_stride_seq, seq.k_start, k0 + cw * 64, seq.len_k, seq.rows_k,
                    row_in_wg, lane);
-        store_rows(dv, 1.0f, dv_base, p.dv_stride_seq, seq.k_start, k0 + wg * 64, seq.len_k, seq.rows_k,
+        store_rows(dv, 1.0f, dv_base, p.dv_stride_seq, seq.k_start, k0 + cw * 64, seq.len_k, seq.rows_k,
                    row_in_wg, lane);
     }
 }

@@ -60,6 +60,11 @@ device() {
     step conformance 120 "$BIN/cuda_tests" --test-threads=1 --nocapture conformance
     # 4. The standard backward workload (atomic dQ mode, the default), then deterministic mode.
     step bench_bwd 120 "$BIN/bench_table" --backend cuda --pass bwd --dtype bf16 --reps 10 --json "$OUT/bwd.json"
+    # A/B: a bench_table built at another commit (copied by hand to $BIN/bench_table_base)
+    # runs right after, on the same GPU in the same call.
+    if [ -x "$BIN/bench_table_base" ]; then
+        step bench_bwd_base 120 "$BIN/bench_table_base" --backend cuda --pass bwd --dtype bf16 --reps 10 --pad 0 --no-check --json "$OUT/bwd_base.json"
+    fi
     SIGMOID_ATTN_CUDA_DETERMINISTIC=1 step bench_bwd_det 60 "$BIN/bench_table" --backend cuda --pass bwd --dtype bf16 --reps 5 --n 4096,16384 --pad 0 --no-check --json "$OUT/bwd_det.json"
     grep -h "passed\|FAILED\|panicked\|ERROR SUMMARY\|RACECHECK SUMMARY" "$OUT"/*.log
 }

@@ -143,7 +143,7 @@ impl CudaBackend {
             launch(
                 kernels::BWD_DKDV,
                 l.dkdv_grid,
-                block,
+                (t.dkdv_threads(), 1, 1),
                 t.dkdv_smem_bytes(d),
                 Some([&tm_q, &tm_k, &tm_v, &tm_do]),
                 &mut params,

@@ -71,17 +71,25 @@ impl BwdTiles {
         }
     }
 
-    /// Threads per CTA of the dK/dV and dQ kernels (two warpgroups).
+    /// Threads per CTA of the dQ and conversion kernels (two warpgroups).
     pub fn threads(&self) -> u32 {
         256
+    }
+
+    /// Threads per CTA of the dK/dV kernel (`kDkdvThreads`: a producer warpgroup and two
+    /// consumer warpgroups).
+    pub fn dkdv_threads(&self) -> u32 {
+        384
     }
 
     /// Dynamic shared memory of the dK/dV kernel (`kDkdvSmemBytes` in bwd_sm90.cu).
     pub fn dkdv_smem_bytes(&self, d: usize) -> u32 {
         let kv = self.key_block * d * 2;
         let qdo = self.query_tile * d * 2;
-        let ds = self.query_tile * 128;
-        (1024 + 2 * kv + 2 * self.stages * qdo + 2 * ds + 8 * (1 + self.stages)) as u32
+        // Two dS tiles of query_tile x key_block 16-bit values (`2 * 2 * kDsBytes`).
+        let ds = self.query_tile * self.key_block * 2;
+        let barriers = 8 * (4 + 2 * self.stages + 4);
+        (1024 + 2 * kv + 2 * self.stages * qdo + 2 * ds + barriers) as u32
     }
 
     /// Dynamic shared memory of the dQ kernel (`kDqSmemBytes` in bwd_sm90.cu).
@@ -331,7 +339,7 @@ mod tests {
         assert_eq!(t.key_tile, value("kKeyTile"));
         assert_eq!(t.stages, value("kStages"));
         // Shared memory as the kernel computes it (bwd_sm90.cu), D = 128.
-        assert_eq!(t.dkdv_smem_bytes(128), 148_504);
+        assert_eq!(t.dkdv_smem_bytes(128), 164_960);
         assert_eq!(t.dq_smem_bytes(128), 132_120);
     }
 
