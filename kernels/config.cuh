@@ -47,9 +47,11 @@ struct FwdConfigOverride {
 #define SA_CONFIG FwdConfig
 #endif
 
-/// Backward tiles (both head dims; kernels/bwd_sm90.cu). Two warpgroups of 128 threads, no
-/// producer warpgroup: thread 0 issues TMA for the tile after next once a step is done.
-/// Chosen for simplicity and to stay within 255 registers without spills, not yet tuned.
+/// Backward tiles (both head dims; kernels/bwd_sm90.cu). dK/dV kernel: a producer warp and two
+/// consumer warpgroups; dQ kernel: two warpgroups. Tried on an H200 (bf16, N = 16k, A/B in one
+/// run) and dropped: consumer warpgroups taking turns on the S^T / dP^T GEMMs (D=64 425 against
+/// 438 TFLOPS, D=128 511 against 513); S^T and dP^T as two wgmma groups with P and dV started
+/// while dP^T runs (D=64 406 against 429, D=128 504 against 523).
 template <int D>
 struct BwdConfig {
     static constexpr int kKeyBlock = 128;   // dK/dV kernel: keys per CTA (64 per warpgroup)
