@@ -3,8 +3,8 @@
 //! `L ~ U[N(1−p), N]`. Prints kernel milliseconds (median), TFLOPS (forward `4·D·Σ L²·H`,
 //! backward counted as 2.5× forward) and the two floors of each pass: FLOPs over the fp32
 //! (non-tensor) peak and bytes over memory bandwidth. Where the device has the cooperative-matrix
-//! (tensor-core) path, the forward is timed on it too, beside the scalar kernels, with its floor
-//! over the tensor peak (`--tensor-tflops 790`); `--coop-shapes 4x64x1,4x32x1,2x64x2` (subgroups ×
+//! (tensor-core) path, the forward and the backward are timed on it too, beside the scalar
+//! kernels, with the forward's floor over the tensor peak (`--tensor-tflops 790`); `--coop-shapes 4x64x1,4x32x1,2x64x2` (subgroups ×
 //! keys per tile × 16-row blocks per subgroup) are tried at N = 4096 first and the fastest kept.
 //!
 //! ```text
@@ -15,7 +15,7 @@
 //! Options: `--dtype f16,f32,bf16`, `--d 64,128`, `--n 1024,4096,16384`, `--pad 0,25`,
 //! `--tokens 16384`, `--width 2048`, `--reps 7`, `--peak-tflops 67`, `--bandwidth-tbs 4.2`,
 //! `--sweep`, `--out PATH` (markdown copy of the table), `--tensor-tflops 790`,
-//! `--coop-shapes 4x64x1,4x32x1,2x64x2`.
+//! `--coop-shapes 4x64x1,4x32x1,2x64x2`, `--coop-only` (skip the scalar kernels).
 
 use sigmoid_attn::wgpu::pipelines::{Kernel, Tiles};
 use sigmoid_attn::wgpu::{WgpuBackend, WgpuBuffer};
@@ -36,6 +36,7 @@ struct Opts {
     out: Option<String>,
     tensor_peak: f64,
     coop_shapes: Vec<(u32, u32, u32)>,
+    coop_only: bool,
 }
 
 fn list<T: std::str::FromStr>(s: &str) -> Result<Vec<T>, String> {
@@ -59,11 +60,16 @@ fn parse() -> Result<Opts, String> {
         out: None,
         tensor_peak: 790.0,
         coop_shapes: vec![(4, 64, 1), (4, 32, 1), (2, 64, 2), (2, 32, 2), (4, 32, 2)],
+        coop_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--sweep" {
             o.sweep = true;
+            continue;
+        }
+        if flag == "--coop-only" {
+            o.coop_only = true;
             continue;
         }
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
@@ -329,8 +335,8 @@ fn main() -> Res<()> {
         o.peak,
         o.bandwidth
     );
-    table.push_str("| dtype | D | N | pad | B×H | fwd ms | fwd TFLOPS | fwd floor ms (compute / memory) | bwd ms | bwd TFLOPS | bwd floor ms (compute / memory) | tiles fwd · dq · dkdv | coop fwd ms | coop fwd TFLOPS | coop floor ms (tensor / memory) | coop tiles |\n");
-    table.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    table.push_str("| dtype | D | N | pad | B×H | fwd ms | fwd TFLOPS | fwd floor ms (compute / memory) | bwd ms | bwd TFLOPS | bwd floor ms (compute / memory) | tiles fwd · dq · dkdv | coop fwd ms | coop fwd TFLOPS | coop floor ms (tensor / memory) | coop bwd ms | coop bwd TFLOPS | coop tiles |\n");
+    table.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     println!("cooperative-matrix path: {}", be.has_coop());
     for &dtype in &o.dtypes {
         let elems = o.tokens * o.width;
@@ -377,14 +383,13 @@ fn main() -> Res<()> {
                         )
                     };
                     be.set_coop(false);
-                    let f = time_fwd(&be, &plan, &mut bufs, o.reps);
-                    let bw = time_bwd(&be, &plan, &mut bufs, o.reps);
-                    let coop = be.has_coop() && be.set_coop(true) && be.uses_coop(&plan);
-                    let cf = if coop {
-                        Some(time_fwd(&be, &plan, &mut bufs, o.reps))
-                    } else {
-                        None
-                    };
+                    let f = (!o.coop_only).then(|| time_fwd(&be, &plan, &mut bufs, o.reps));
+                    let bw = (!o.coop_only).then(|| time_bwd(&be, &plan, &mut bufs, o.reps));
+                    let on = be.has_coop() && be.set_coop(true);
+                    let cf = (on && be.uses_coop(&plan))
+                        .then(|| time_fwd(&be, &plan, &mut bufs, o.reps));
+                    let cb = (on && be.uses_coop_backward(&plan))
+                        .then(|| time_bwd(&be, &plan, &mut bufs, o.reps));
                     let coop_tiles = be
                         .coop_tiles(&plan)
                         .map(|t| format!("{}x{} ({}×{} rows)", t.rows(), t.bk, t.nsg, 16 * t.rb))
@@ -396,8 +401,12 @@ fn main() -> Res<()> {
                         ),
                         Err(e) => (format!("error: {e}"), "—".into()),
                     };
-                    let (fm, ft) = cell(&f, fwd_flops);
-                    let (bm, bt) = cell(&bw, bwd_flops);
+                    let opt_cell = |r: &Option<Res<f64>>, flops: f64| match r {
+                        Some(r) => cell(r, flops),
+                        None => ("—".into(), "—".into()),
+                    };
+                    let (fm, ft) = opt_cell(&f, fwd_flops);
+                    let (bm, bt) = opt_cell(&bw, bwd_flops);
                     let tiles = [Kernel::Forward, Kernel::BackwardDq, Kernel::BackwardDkDv]
                         .map(|k| {
                             be.tiles(k, d)
@@ -405,17 +414,15 @@ fn main() -> Res<()> {
                                 .unwrap_or_else(|_| "—".into())
                         })
                         .join(" · ");
-                    let (cm, ct) = match &cf {
-                        Some(r) => cell(r, fwd_flops),
-                        None => ("—".into(), "—".into()),
-                    };
+                    let (cm, ct) = opt_cell(&cf, fwd_flops);
+                    let (cbm, cbt) = opt_cell(&cb, bwd_flops);
                     let coop_floor = format!(
                         "{:.2} / {:.2}",
                         fwd_flops / (o.tensor_peak * 1e12) * 1e3,
                         bytes(4.0) / (o.bandwidth * 1e12) * 1e3
                     );
                     let row = format!(
-                        "| {dtype} | {d} | {n} | {pad}% | {}×{} | {fm} | {ft} | {} | {bm} | {bt} | {} | {tiles} | {cm} | {ct} | {coop_floor} | {coop_tiles} |",
+                        "| {dtype} | {d} | {n} | {pad}% | {}×{} | {fm} | {ft} | {} | {bm} | {bt} | {} | {tiles} | {cm} | {ct} | {coop_floor} | {cbm} | {cbt} | {coop_tiles} |",
                         plan.batch(),
                         plan.heads(),
                         floor(fwd_flops, 4.0),

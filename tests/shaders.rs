@@ -207,7 +207,8 @@ fn every_shader_variant_validates_and_translates() {
     );
 }
 
-/// The cooperative-matrix kernels: every candidate shape × head dim (multiples of 16 up to 128)
+/// The cooperative-matrix kernels (forward, backward dQ, backward dK/dV): every candidate shape
+/// of each × head dim (multiples of 16 up to 128)
 /// × subgroup size (32 as NVIDIA, 64 as AMD's wave64, 16 as Intel) × causal × sigmoid mode ×
 /// storage path (f16, bf16), validated by naga with the `wgpu_cooperative_matrix` capability and
 /// translated to SPIR-V (wgpu's Vulkan path, which runs it on NVIDIA/AMD/Intel) and to MSL
@@ -249,8 +250,8 @@ fn every_coop_variant_validates_and_translates_to_spirv() {
             });
             for sgs in [32, 64, 16] {
                 for d in (16..=128).step_by(16) {
-                    for (i, t) in CoopTiles::all(d, sgs).into_iter().enumerate() {
-                        if !t.fits(49152, 1024) {
+                    for (i, t) in CoopTiles::all_for(kernel, d, sgs).into_iter().enumerate() {
+                        if !t.fits_for(kernel, 49152, 1024) {
                             continue;
                         }
                         for causal in [false, true] {
@@ -274,7 +275,11 @@ fn every_coop_variant_validates_and_translates_to_spirv() {
                             let (m, i2) = match r {
                                 Ok(x) => x,
                                 Err(e) => {
-                                    failures.push(format!("{} {t:?}: {e}", storage.name()));
+                                    failures.push(format!(
+                                        "{} ({}) {t:?}: {e}",
+                                        kernel.name(),
+                                        storage.name()
+                                    ));
                                     continue;
                                 }
                             };
@@ -284,7 +289,11 @@ fn every_coop_variant_validates_and_translates_to_spirv() {
                                 &naga::back::spv::Options::default(),
                                 None,
                             ) {
-                                failures.push(format!("{} {t:?}: spir-v: {e:?}", storage.name()));
+                                failures.push(format!(
+                                    "{} ({}) {t:?}: spir-v: {e:?}",
+                                    kernel.name(),
+                                    storage.name()
+                                ));
                             }
                             let msl_opts = naga::back::msl::Options {
                                 lang_version: (2, 4),
@@ -336,4 +345,23 @@ fn every_coop_variant_validates_and_translates_to_spirv() {
         failures.len(),
         failures[..failures.len().min(10)].join("\n")
     );
+}
+
+/// Every head dim the cooperative-matrix path takes has a shape for each of its kernels within
+/// 48 KiB of workgroup memory (NVIDIA over Vulkan) at subgroup sizes 32 and 64.
+#[test]
+fn every_coop_kernel_has_tiles_for_every_head_dim() {
+    use sigmoid_attn::wgpu::coop::{CoopKernel, CoopTiles};
+    for kernel in CoopKernel::ALL {
+        for sgs in [32, 64] {
+            for d in (16..=128).step_by(16) {
+                let t = CoopTiles::choose_for(kernel, d, sgs, 49152, 1024);
+                assert!(
+                    t.is_some(),
+                    "{} has no tiles for d={d}, sgs={sgs}",
+                    kernel.name()
+                );
+            }
+        }
+    }
 }

@@ -2,15 +2,16 @@
 //! adapter that has one (an NVIDIA GPU over Vulkan, say). Where none has it (lavapipe, CI), every
 //! test prints `skipped: <reason>` and passes: CI's `SIGMOID_ATTN_REQUIRE=wgpu` names the scalar
 //! suite (`tests/wgpu.rs`), not this one (`wgpu_coop`). Cases the path does not take (f32
-//! storage, head dims not a multiple of 16 or above 128, the backward) run on the scalar kernels
-//! inside the same backend, so every case still runs; `coop_takes_the_plans_it_should` checks
-//! which path each kind of plan takes.
+//! storage, head dims not a multiple of 16 or above 128) run on the scalar kernels inside the
+//! same backend, so every case still runs; `coop_takes_the_plans_it_should` checks which path
+//! each kind of plan takes, forward and backward, and `harness_cases_take_the_coop_path` that
+//! the suite's f16/bf16 cases with a head dim the path takes do run on it.
 mod common;
 conformance!(wgpu_coop, sigmoid_attn::wgpu::WgpuBackend::new_coop);
 
 use sigmoid_attn::wgpu::coop::CoopTiles;
 use sigmoid_attn::wgpu::WgpuBackend;
-use sigmoid_attn::{Backend, DType, Error, Lengths, Problem};
+use sigmoid_attn::{Backend, BackwardArgs, DType, Error, Lengths, Problem};
 
 fn coop_backend(test: &str) -> Option<WgpuBackend> {
     match WgpuBackend::new_coop() {
@@ -33,13 +34,25 @@ fn coop_takes_the_plans_it_should() {
     for d in [16, 32, 64, 80, 96, 128] {
         for dt in [DType::F16, DType::BF16] {
             assert!(be.uses_coop(&plan(d, dt)), "d={d} {dt} should run on coop");
+            assert!(
+                be.uses_coop_backward(&plan(d, dt)),
+                "d={d} {dt}: the backward should run on coop"
+            );
         }
         assert!(!be.uses_coop(&plan(d, DType::F32)), "f32 must stay scalar");
+        assert!(
+            !be.uses_coop_backward(&plan(d, DType::F32)),
+            "f32 backward must stay scalar"
+        );
     }
     for d in [36, 100, 256] {
         assert!(
             !be.uses_coop(&plan(d, DType::F16)),
             "d={d} must stay scalar"
+        );
+        assert!(
+            !be.uses_coop_backward(&plan(d, DType::F16)),
+            "d={d} backward must stay scalar"
         );
     }
     let padded = Problem::new(3, 97, 2, 128)
@@ -48,11 +61,53 @@ fn coop_takes_the_plans_it_should() {
         .plan()
         .unwrap();
     assert!(be.uses_coop(&padded));
-    assert!(!{
-        be.set_coop(false);
-        be.uses_coop(&padded)
-    });
+    assert!(be.uses_coop_backward(&padded));
+    let packed_gqa = Problem::packed(&[0, 5, 300], 4, 64)
+        .with_kv_heads(1)
+        .with_dtype(DType::BF16)
+        .plan()
+        .unwrap();
+    assert!(be.uses_coop_backward(&packed_gqa));
+    be.set_coop(false);
+    assert!(!be.uses_coop(&padded));
+    assert!(!be.uses_coop_backward(&padded));
     assert!(be.set_coop(true));
+}
+
+/// Every f16/bf16 case of the conformance table whose head dim the path takes runs on it (so
+/// the suite above checks the coop kernels, not the scalar fallback), forward and backward.
+#[test]
+fn harness_cases_take_the_coop_path() {
+    let Some(be) = coop_backend("harness_cases_take_the_coop_path") else {
+        return;
+    };
+    let (mut fwd, mut bwd) = (0, 0);
+    for c in common::cases() {
+        for dt in [DType::F16, DType::BF16] {
+            let plan = c.problem.clone().with_dtype(dt).plan().unwrap();
+            let d = plan.head_dim();
+            if d % 16 != 0 || d > 128 {
+                assert!(!be.uses_coop(&plan) && !be.uses_coop_backward(&plan));
+                continue;
+            }
+            assert!(
+                be.uses_coop(&plan),
+                "{} ({dt}): forward not on coop",
+                c.name
+            );
+            fwd += 1;
+            if c.grads {
+                assert!(
+                    be.uses_coop_backward(&plan),
+                    "{} ({dt}): backward not on coop",
+                    c.name
+                );
+                bwd += 1;
+            }
+        }
+    }
+    println!("{fwd} forward and {bwd} backward cases (f16 + bf16) run on the coop path");
+    assert!(bwd > 10, "only {bwd} backward cases on the coop path");
 }
 
 /// The same f16 forward on both paths of one device agrees to f16 accuracy, for every
@@ -120,6 +175,87 @@ fn coop_and_scalar_agree() {
     assert!(
         bad.is_empty(),
         "coop and scalar differ:\n{}",
+        bad.join("\n")
+    );
+}
+
+/// The same f16 backward on both paths of one device agrees to f16 accuracy (dQ, dK, dV, and
+/// d_bias), on a packed, causal, GQA plan for each head-dim class.
+#[test]
+fn coop_and_scalar_agree_backward() {
+    let Some(be) = coop_backend("coop_and_scalar_agree_backward") else {
+        return;
+    };
+    let mut bad = Vec::new();
+    for d in [16, 32, 64, 96, 128] {
+        let plan = Problem::packed(&[0, 33, 33, 300, 431], 4, d)
+            .with_kv_heads(2)
+            .with_causal(true)
+            .with_dtype(DType::F16)
+            .plan()
+            .unwrap();
+        let mut rng = common::Rng::new(11);
+        let up = |t| be.upload(&t).unwrap();
+        let q = up(rng.tensor(DType::F16, plan.q_elems()));
+        let k = up(rng.tensor(DType::F16, plan.k_elems()));
+        let v = up(rng.tensor(DType::F16, plan.v_elems()));
+        let g = up(rng.tensor(DType::F16, plan.o_elems()));
+        let run = |coop: bool| {
+            be.set_coop(coop);
+            assert_eq!(be.uses_coop_backward(&plan), coop);
+            let alloc = |dt, n| be.alloc(dt, n).unwrap();
+            let mut dq = alloc(DType::F16, plan.q_elems());
+            let mut dk = alloc(DType::F16, plan.k_elems());
+            let mut dv = alloc(DType::F16, plan.v_elems());
+            let mut db = alloc(DType::F32, plan.batch());
+            be.backward(
+                &plan,
+                BackwardArgs {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                    d_o: &g,
+                    dq: &mut dq,
+                    dk: &mut dk,
+                    dv: &mut dv,
+                    d_bias: Some(&mut db),
+                },
+            )
+            .unwrap();
+            [dq, dk, dv, db].map(|b| be.download(&b).unwrap().to_f64())
+        };
+        let want = run(false);
+        let got = run(true);
+        for (name, (x, y)) in ["dq", "dk", "dv", "d_bias"]
+            .iter()
+            .zip(got.iter().zip(&want))
+        {
+            let scale = y.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let err = x
+                .iter()
+                .zip(y)
+                .map(|(a, b)| {
+                    if a.is_nan() {
+                        f64::INFINITY
+                    } else {
+                        (a - b).abs()
+                    }
+                })
+                .fold(0.0f64, f64::max);
+            let ok = err <= 4e-3 * scale.max(1e-3);
+            println!(
+                "{} d={d} {name} coop vs scalar: max |diff| {err:.3e}, max |ref| {scale:.3e}",
+                if ok { "agree" } else { "MISMATCH" },
+            );
+            if !ok {
+                bad.push(format!("d={d} {name}: differs by {err} (max {scale})"));
+            }
+        }
+    }
+    be.set_coop(true);
+    assert!(
+        bad.is_empty(),
+        "coop and scalar backward differ:\n{}",
         bad.join("\n")
     );
 }

@@ -5,14 +5,18 @@
 //! the adapter's [`cooperative_matrix_properties`](wgpu::Adapter::cooperative_matrix_properties)
 //! and a fixed subgroup size (the kernel maps subgroup `i` to invocations `[i·s, (i+1)·s)`).
 //! [`CoopSupport::detect`] decides it from the adapter. Which plans the path takes is
-//! [`CoopTiles::choose`] plus the checks in `WgpuBackend` (f16 and bf16 storage, head dims that
-//! are multiples of 16 up to 128); everything else runs on the scalar kernels.
+//! [`CoopTiles::choose_for`] plus the checks in `WgpuBackend` (f16 and bf16 storage, head dims
+//! that are multiples of 16 up to 128); everything else runs on the scalar kernels. The forward
+//! is `fwd_coop.wgsl`; the backward is `bwd_dkdv_coop.wgsl` (dK, dV and d_bias partial sums,
+//! key-block outer) and `bwd_dq_coop.wgsl` (dQ, query-block outer), both recomputing P from Q
+//! and K, with the scalar `bwd_dbias.wgsl` adding up the d_bias partials.
 //!
 //! Precision: operands are f16 and products accumulate in f32. f16 storage loses nothing on
 //! load; bf16 storage is converted to f16, which is exact for magnitudes in [2⁻¹⁴, 65504] (bf16
 //! has fewer mantissa bits than f16), rounds smaller magnitudes to f16 subnormals and overflows
-//! larger ones: inputs beyond ±65504 are outside what this path takes. P is rounded to f16 before
-//! P·V (finer than bf16's rounding). f32 storage always runs on the scalar kernels: an f16
+//! larger ones: inputs beyond ±65504 are outside what this path takes. P and dS are rounded to
+//! f16 before they are multiplied (finer than bf16's rounding; values below 2⁻¹⁴, such as P at
+//! bias −ln n for n above ~16k, keep an absolute error of 2⁻²⁵ as f16 subnormals). f32 storage always runs on the scalar kernels: an f16
 //! rounding of f32 inputs would exceed f32's error bound.
 
 use super::pipelines::{StoragePath, SIGMOID};
@@ -20,22 +24,36 @@ use crate::DType;
 
 /// Forward kernel on cooperative matrices.
 pub const FWD_COOP: &str = include_str!("../../shaders/fwd_coop.wgsl");
+/// Backward kernel on cooperative matrices: dQ.
+pub const BWD_DQ_COOP: &str = include_str!("../../shaders/bwd_dq_coop.wgsl");
+/// Backward kernel on cooperative matrices: dK, dV and the d_bias partial sums.
+pub const BWD_DKDV_COOP: &str = include_str!("../../shaders/bwd_dkdv_coop.wgsl");
 
 /// The cooperative-matrix kernels, one per shader file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CoopKernel {
     /// `shaders/fwd_coop.wgsl`.
     Forward,
+    /// `shaders/bwd_dq_coop.wgsl`.
+    BackwardDq,
+    /// `shaders/bwd_dkdv_coop.wgsl`.
+    BackwardDkDv,
 }
 
 impl CoopKernel {
     /// All cooperative-matrix kernels.
-    pub const ALL: [CoopKernel; 1] = [CoopKernel::Forward];
+    pub const ALL: [CoopKernel; 3] = [
+        CoopKernel::Forward,
+        CoopKernel::BackwardDq,
+        CoopKernel::BackwardDkDv,
+    ];
 
     /// The kernel's name (its shader file without extension).
     pub fn name(self) -> &'static str {
         match self {
             CoopKernel::Forward => "fwd_coop",
+            CoopKernel::BackwardDq => "bwd_dq_coop",
+            CoopKernel::BackwardDkDv => "bwd_dkdv_coop",
         }
     }
 
@@ -43,6 +61,8 @@ impl CoopKernel {
     pub fn body(self) -> &'static str {
         match self {
             CoopKernel::Forward => FWD_COOP,
+            CoopKernel::BackwardDq => BWD_DQ_COOP,
+            CoopKernel::BackwardDkDv => BWD_DKDV_COOP,
         }
     }
 }
@@ -67,18 +87,19 @@ pub fn source(kernel: CoopKernel, storage: StoragePath) -> String {
 /// Largest head dim of the cooperative-matrix kernels (eight 16-wide blocks per subgroup).
 pub const MAX_HEAD_DIM: u32 = 128;
 
-/// Tile shape of the cooperative-matrix forward for one head dim.
+/// Tile shape of one cooperative-matrix kernel for one head dim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CoopTiles {
     /// Head dim (multiple of 16, at most [`MAX_HEAD_DIM`]).
     pub d: u32,
-    /// Subgroups per workgroup; each owns `16 · rb` query rows.
+    /// Subgroups per workgroup; each owns `16 · rb` rows (queries; keys for dK/dV).
     pub nsg: u32,
     /// Subgroup size of the adapter.
     pub sgs: u32,
-    /// Keys per tile (multiple of 16).
+    /// Rows streamed per tile (multiple of 16): keys for the forward and dQ, queries for dK/dV.
     pub bk: u32,
-    /// 16-row blocks per subgroup (1 or 2): each B-matrix loaded feeds `rb` multiply-adds.
+    /// 16-row blocks per subgroup (1 or 2; the forward only, the backward kernels take 1): each
+    /// B-matrix loaded feeds `rb` multiply-adds.
     pub rb: u32,
 }
 
@@ -88,6 +109,10 @@ pub struct CoopTiles {
 /// memory and fewer resident workgroups); two row blocks per subgroup, which halve the Kᵀ/V
 /// loads per multiply-add, ran 1.5–1.7× slower (fewer subgroups per workgroup, more registers).
 /// Holding workgroup memory in scalar f16/f32 instead of quads changed nothing measurable (≤ 2%).
+/// A later sweep (2–8 subgroups × 16–64 keys) stayed within 10.7–14.3 ms at D = 64 and
+/// 13.1–15.0 ms at D = 128 except where a shape cut the resident subgroups per SM (4×64 at
+/// D = 64, 2×64 at D = 128, one subgroup per workgroup: 19–33 ms): the kernel is latency-bound
+/// (its barrier-separated phases), not bound by the tile shape or the tensor cores.
 const CANDIDATES: [(u32, u32, u32); 7] = [
     (4, 64, 1),
     (4, 32, 1),
@@ -105,6 +130,12 @@ fn candidates(d: u32) -> impl Iterator<Item = (u32, u32, u32)> {
     std::iter::once(first).chain(CANDIDATES.into_iter().filter(move |&c| c != first))
 }
 
+/// Candidate (subgroups, streamed rows per tile) of the backward kernels, best first. 4×32 is
+/// the largest that fits 48 KiB of workgroup memory at D = 128 (dK/dV: 45 KiB; dQ: 40 KiB; 64
+/// streamed rows would need about 70 KiB); not tuned further. The rest are fallbacks for
+/// smaller limits.
+const BWD_CANDIDATES: [(u32, u32); 4] = [(4, 32), (4, 16), (2, 32), (2, 16)];
+
 impl CoopTiles {
     /// Query rows per workgroup.
     pub fn rows(&self) -> u32 {
@@ -116,47 +147,98 @@ impl CoopTiles {
         self.nsg * self.sgs
     }
 
-    /// Lengths of the three workgroup arrays (K/V in f16, S in f32, P in f16).
-    fn lens(&self) -> (u32, u32, u32) {
-        let bq = self.rows();
-        (
-            bq.max(self.bk) * (self.d + 8),
-            bq * (self.bk + 4),
-            bq * (self.bk + 8),
-        )
+    /// Lengths in elements of `kernel`'s three workgroup arrays: the staged rows (f16), S and
+    /// dP (f32), P or dS (f16).
+    fn lens(&self, kernel: CoopKernel) -> (u32, u32, u32) {
+        let (rows, bk, d) = (self.rows(), self.bk, self.d);
+        match kernel {
+            CoopKernel::Forward => (rows.max(bk) * (d + 8), rows * (bk + 4), rows * (bk + 8)),
+            // K and V of a key tile (Q, then dO, at the start); S and dP; dS.
+            CoopKernel::BackwardDq => (
+                (2 * bk).max(rows) * (d + 8),
+                2 * rows * (bk + 4),
+                rows * (bk + 8),
+            ),
+            // Q and dO of a query tile (K, then V, at the start); Sᵀ and dPᵀ; Pᵀ and dSᵀ.
+            CoopKernel::BackwardDkDv => (
+                (2 * bk).max(rows) * (d + 8),
+                2 * rows * (bk + 4),
+                2 * rows * (bk + 8),
+            ),
+        }
     }
 
-    /// Workgroup memory in bytes.
+    /// Workgroup memory of the forward in bytes.
     pub fn smem_bytes(&self) -> u32 {
-        let (kv, s, p) = self.lens();
+        self.smem_bytes_for(CoopKernel::Forward)
+    }
+
+    /// Workgroup memory of `kernel` in bytes.
+    pub fn smem_bytes_for(&self, kernel: CoopKernel) -> u32 {
+        let (kv, s, p) = self.lens(kernel);
         2 * kv + 4 * s + 2 * p
     }
 
-    /// True when the kernel's invariants hold and the shape fits `storage` bytes of workgroup
+    /// True when the forward's invariants hold and the shape fits `storage` bytes of workgroup
     /// memory and `invocations` per workgroup.
     pub fn fits(&self, storage: u32, invocations: u32) -> bool {
+        self.fits_for(CoopKernel::Forward, storage, invocations)
+    }
+
+    /// As [`fits`](Self::fits), for `kernel`.
+    pub fn fits_for(&self, kernel: CoopKernel, storage: u32, invocations: u32) -> bool {
+        let rb_ok = match kernel {
+            CoopKernel::Forward => self.rb == 1 || self.rb == 2,
+            _ => self.rb == 1,
+        };
         self.d % 16 == 0
             && self.d > 0
             && self.d <= MAX_HEAD_DIM
             && self.bk % 16 == 0
             && self.bk > 0
             && self.nsg > 0
-            && (self.rb == 1 || self.rb == 2)
+            && rb_ok
             && self.sgs > 0
-            && self.smem_bytes() <= storage
+            && self.smem_bytes_for(kernel) <= storage
             && self.workgroup_size() <= invocations
     }
 
-    /// The best shape for head dim `d` on an adapter with subgroup size `sgs`, or `None`.
+    /// The best forward shape for head dim `d` on an adapter with subgroup size `sgs`, or
+    /// `None`.
     pub fn choose(d: u32, sgs: u32, storage: u32, invocations: u32) -> Option<CoopTiles> {
-        Self::all(d, sgs)
-            .into_iter()
-            .find(|t| t.fits(storage, invocations))
+        Self::choose_for(CoopKernel::Forward, d, sgs, storage, invocations)
     }
 
-    /// Every candidate shape for head dim `d` and subgroup size `sgs` (for validation tests).
+    /// As [`choose`](Self::choose), for `kernel`.
+    pub fn choose_for(
+        kernel: CoopKernel,
+        d: u32,
+        sgs: u32,
+        storage: u32,
+        invocations: u32,
+    ) -> Option<CoopTiles> {
+        Self::all_for(kernel, d, sgs)
+            .into_iter()
+            .find(|t| t.fits_for(kernel, storage, invocations))
+    }
+
+    /// Every candidate forward shape for head dim `d` and subgroup size `sgs` (for validation
+    /// tests).
     pub fn all(d: u32, sgs: u32) -> Vec<CoopTiles> {
-        candidates(d)
+        Self::all_for(CoopKernel::Forward, d, sgs)
+    }
+
+    /// As [`all`](Self::all), for `kernel`.
+    pub fn all_for(kernel: CoopKernel, d: u32, sgs: u32) -> Vec<CoopTiles> {
+        let shapes: Vec<(u32, u32, u32)> = match kernel {
+            CoopKernel::Forward => candidates(d).collect(),
+            _ => BWD_CANDIDATES
+                .iter()
+                .map(|&(nsg, bk)| (nsg, bk, 1))
+                .collect(),
+        };
+        shapes
+            .into_iter()
             .map(|(nsg, bk, rb)| CoopTiles {
                 d,
                 nsg,
@@ -174,24 +256,35 @@ impl CoopTiles {
         causal: bool,
         fast: bool,
     ) -> Vec<(&'static str, f64)> {
-        let (kv, s, p) = self.lens();
         // Array lengths in the kernel's elements (quads).
-        let (kv, s, p) = match kernel {
-            CoopKernel::Forward => (kv / 4, s / 4, p / 4),
-        };
-        vec![
+        let (kv, s, p) = self.lens(kernel);
+        let (kv, s, p) = (kv / 4, s / 4, p / 4);
+        let mut c = vec![
             ("SIGMOID_FAST", f64::from(u8::from(fast))),
             ("D", f64::from(self.d)),
-            ("BK", f64::from(self.bk)),
             ("NSG", f64::from(self.nsg)),
-            ("RB", f64::from(self.rb)),
             ("SGS", f64::from(self.sgs)),
             ("CAUSAL", f64::from(u8::from(causal))),
             ("WG", f64::from(self.workgroup_size())),
-            ("KV_LEN", f64::from(kv)),
             ("S_LEN", f64::from(s)),
             ("P_LEN", f64::from(p)),
-        ]
+        ];
+        // Each kernel is given only the overrides it declares.
+        c.extend(match kernel {
+            CoopKernel::Forward => [
+                ("BK", f64::from(self.bk)),
+                ("RB", f64::from(self.rb)),
+                ("KV_LEN", f64::from(kv)),
+            ]
+            .to_vec(),
+            CoopKernel::BackwardDq => {
+                [("BK", f64::from(self.bk)), ("KV_LEN", f64::from(kv))].to_vec()
+            }
+            CoopKernel::BackwardDkDv => {
+                [("BQ", f64::from(self.bk)), ("QO_LEN", f64::from(kv))].to_vec()
+            }
+        });
+        c
     }
 }
 

@@ -22,10 +22,12 @@
 //!
 //! Tensor cores: where the adapter has `EXPERIMENTAL_COOPERATIVE_MATRIX` with a 16×16×16
 //! f16 → f32 configuration (an NVIDIA GPU over Vulkan, for one), [`WgpuBackend::new`] requests
-//! it and the forward of f16 and bf16 plans with head dims that are multiples of 16 up to 128
-//! runs `fwd_coop.wgsl` ([`coop`]); everything else, and the backward, runs the scalar kernels.
-//! [`WgpuBackend::new_coop`] insists on an adapter with the path, [`WgpuBackend::set_coop`]
-//! turns it off and on, and [`WgpuBackend::uses_coop`] says which path a plan takes.
+//! it, and the forward and backward of f16 and bf16 plans with head dims that are multiples of
+//! 16 up to 128 run on cooperative matrices ([`coop`]: `fwd_coop.wgsl`; `bwd_dkdv_coop.wgsl` and
+//! `bwd_dq_coop.wgsl`); everything else runs the scalar kernels. [`WgpuBackend::new_coop`]
+//! insists on an adapter with the path, [`WgpuBackend::set_coop`] turns it off and on, and
+//! [`WgpuBackend::uses_coop`] and [`WgpuBackend::uses_coop_backward`] say which path a plan
+//! takes.
 //!
 //! Environment: `WGPU_BACKEND` (e.g. `vulkan`) and `WGPU_ADAPTER_NAME` (substring) narrow the
 //! adapter [`WgpuBackend::new`] picks; `SIGMOID_ATTN_WGPU_BOUNDS_CHECKS` (any value) compiles
@@ -205,8 +207,8 @@ impl WgpuBackend {
 
     /// Like [`new`](Self::new), but only among adapters that offer the cooperative-matrix path
     /// (which is then on): `Error::DeviceUnavailable`, naming why, when none does. Plans the
-    /// path cannot take (f32 storage, head dims not a multiple of 16 or above 128, the
-    /// backward) still run on the scalar kernels.
+    /// path cannot take (f32 storage, head dims not a multiple of 16 or above 128) still run on
+    /// the scalar kernels.
     pub fn new_coop() -> Result<Self> {
         Self::open(Coop::Required)
     }
@@ -412,10 +414,10 @@ impl WgpuBackend {
         *lock(&self.coop_forced) = shape;
     }
 
-    /// The cooperative-matrix tiles the forward of `plan` runs with, or `None` when it runs on
-    /// the scalar kernels (path off or absent, f32 storage, a head dim that is not a multiple
-    /// of 16 or above 128, or too many tiles for one dispatch).
-    pub fn coop_tiles(&self, plan: &Plan) -> Option<CoopTiles> {
+    /// The head dim, subgroup size, workgroup memory and invocations the cooperative-matrix
+    /// kernels may use for `plan`, or `None` when the path is off or absent or `plan`'s dtype
+    /// is not one it takes.
+    fn coop_limits(&self, plan: &Plan) -> Option<(u32, u32, u32, u32)> {
         let support = self.coop?;
         if !*lock(&self.coop_on) || !coop::takes_dtype(plan.dtype()) {
             return None;
@@ -426,18 +428,25 @@ impl WgpuBackend {
             .limits
             .max_compute_invocations_per_workgroup
             .min(self.limits.max_compute_workgroup_size_x);
+        Some((d, support.subgroup_size, storage, invocations))
+    }
+
+    /// The cooperative-matrix tiles the forward of `plan` runs with, or `None` when it runs on
+    /// the scalar kernels (path off or absent, f32 storage, a head dim that is not a multiple
+    /// of 16 or above 128, or too many tiles for one dispatch).
+    pub fn coop_tiles(&self, plan: &Plan) -> Option<CoopTiles> {
+        let (d, sgs, storage, invocations) = self.coop_limits(plan)?;
         let forced = (*lock(&self.coop_forced)).and_then(|(nsg, bk, rb)| {
             let t = CoopTiles {
                 d,
                 nsg,
-                sgs: support.subgroup_size,
+                sgs,
                 bk,
                 rb,
             };
             t.fits(storage, invocations).then_some(t)
         });
-        let t =
-            forced.or_else(|| CoopTiles::choose(d, support.subgroup_size, storage, invocations))?;
+        let t = forced.or_else(|| CoopTiles::choose(d, sgs, storage, invocations))?;
         let tiles = max_rows_q(plan).div_ceil(t.rows() as usize);
         (tiles <= self.limits.max_compute_workgroups_per_dimension as usize).then_some(t)
     }
@@ -445,6 +454,27 @@ impl WgpuBackend {
     /// True when the forward of `plan` runs on the cooperative-matrix kernel.
     pub fn uses_coop(&self, plan: &Plan) -> bool {
         self.coop_tiles(plan).is_some()
+    }
+
+    /// The cooperative-matrix tiles of the backward of `plan` (dQ kernel, dK/dV kernel), or
+    /// `None` when it runs on the scalar kernels (for the same reasons as
+    /// [`coop_tiles`](Self::coop_tiles)).
+    pub fn coop_backward_tiles(&self, plan: &Plan) -> Option<(CoopTiles, CoopTiles)> {
+        let (d, sgs, storage, invocations) = self.coop_limits(plan)?;
+        let max_groups = self.limits.max_compute_workgroups_per_dimension as usize;
+        let pick = |kernel, rows: usize| {
+            let t = CoopTiles::choose_for(kernel, d, sgs, storage, invocations)?;
+            (rows.div_ceil(t.rows() as usize) <= max_groups).then_some(t)
+        };
+        Some((
+            pick(CoopKernel::BackwardDq, max_rows_q(plan))?,
+            pick(CoopKernel::BackwardDkDv, max_rows_k(plan))?,
+        ))
+    }
+
+    /// True when the backward of `plan` runs on the cooperative-matrix kernels.
+    pub fn uses_coop_backward(&self, plan: &Plan) -> bool {
+        self.coop_backward_tiles(plan).is_some()
     }
 
     fn tile_limits(&self) -> TileLimits {

@@ -199,12 +199,39 @@ impl WgpuBackend {
     ) -> Result<()> {
         let dt = plan.dtype();
         let d = plan.head_dim();
-        let tq = self.tiles(Kernel::BackwardDq, d)?;
         let tk = self.tiles(Kernel::BackwardDkDv, d)?;
-        let p_dq = self.pipeline(Kernel::BackwardDq, plan, tq)?;
-        let p_dkdv = self.pipeline(Kernel::BackwardDkDv, plan, tk)?;
-        let q_tiles = max_rows_q(plan).div_ceil(tq.rows as usize) as u32;
-        let k_tiles = max_rows_k(plan).div_ceil(tk.rows as usize) as u32;
+        // (pipeline, rows per workgroup) of the dQ and the dK/dV kernels. Both paths bind the
+        // same resources and leave the same d_bias partials, so the rest is shared.
+        let ((p_dq, q_rows), (p_dkdv, k_rows)) = match self.coop_backward_tiles(plan) {
+            Some((cq, ck)) => {
+                let get = |kernel, tiles: CoopTiles| {
+                    let key = CoopKey {
+                        kernel,
+                        storage: self.storage(dt),
+                        tiles,
+                        causal: plan.causal(),
+                        fast: plan.sigmoid() == crate::SigmoidMode::Fast,
+                    };
+                    let p = self
+                        .pipelines
+                        .get_coop(&self.device, key, self.bounds_checks)?;
+                    Ok::<_, Error>((p, tiles.rows()))
+                };
+                (
+                    get(CoopKernel::BackwardDq, cq)?,
+                    get(CoopKernel::BackwardDkDv, ck)?,
+                )
+            }
+            None => {
+                let tq = self.tiles(Kernel::BackwardDq, d)?;
+                (
+                    (self.pipeline(Kernel::BackwardDq, plan, tq)?, tq.rows),
+                    (self.pipeline(Kernel::BackwardDkDv, plan, tk)?, tk.rows),
+                )
+            }
+        };
+        let q_tiles = max_rows_q(plan).div_ceil(q_rows as usize) as u32;
+        let k_tiles = max_rows_k(plan).div_ceil(k_rows as usize) as u32;
         let n_part = k_tiles * plan.kv_heads() as u32;
         let params = Params::new(plan, n_part).ok_or_else(|| unsupported("strides"))?;
         let (ubuf, sbuf) = (self.uniform(&params), self.seq_buffer(plan));

@@ -1,0 +1,376 @@
+// Backward on cooperative matrices, query side: dQ = scale · dS K, with S = Q Kᵀ and
+// dP = dO Vᵀ recomputed and dS = dP·P·(1−P). No pre-pass: sigmoid attention needs no row
+// statistics, so this kernel and bwd_dkdv_coop.wgsl are independent.
+//
+// pipelines.rs assembles `enable f16; enable wgpu_cooperative_matrix;` + storage path +
+// sigmoid.wgsl + this file. f16 operands, f32 accumulation, bf16 storage converted on load (as
+// fwd_coop.wgsl; the host runs the scalar kernels for f32 storage).
+//
+// One workgroup of NSG subgroups per (query tile of BQ = 16·NSG rows, query head, sequence);
+// each subgroup owns 16 query rows, whose Q and dO stay in registers as D/16 A-matrices each,
+// and accumulates their dQ in D/16 f32 C-matrices. Per tile of BK keys:
+//   1. K and V (f16) to workgroup memory.
+//   2. S = Q Kᵀ and dP = dO Vᵀ (16×16×16 multiply-adds), stored (f32) to `ss`.
+//   3. dS = dP·P·(1−P), zero where masked, rounded to f16 into `ps`.
+//   4. dQ += dS K over the 16-key blocks that hold visible keys.
+// Key tiles past the visible keys (padding, causal) are skipped. dQ goes out through `ss` in
+// column chunks of BK; rows past rows_q are not written.
+//
+// Subgroup i is taken to be invocations [i·SGS, (i+1)·SGS): the host runs this kernel only on
+// adapters whose subgroup size is fixed.
+
+override D: u32 = 64u;        // head dim (multiple of 16, at most 16 · 8)
+override BK: u32 = 32u;       // keys per tile (multiple of 16)
+override NSG: u32 = 4u;       // subgroups per workgroup; BQ = 16 · NSG
+override SGS: u32 = 32u;      // subgroup size
+override CAUSAL: bool = false;
+override WG: u32 = 128u;      // NSG · SGS
+override KV_LEN: u32 = 1152u; // max(2·BK, BQ) · (D + 8) / 4   f16 quads
+override S_LEN: u32 = 1152u;  // 2 · BQ · (BK + 4) / 4         f32 quads
+override P_LEN: u32 = 640u;   // BQ · (BK + 8) / 4             f16 quads
+
+alias AM = coop_mat16x16<f16, A>;
+alias BM = coop_mat16x16<f16, B>;
+alias CM = coop_mat16x16<f32, C>;
+
+@group(0) @binding(0) var<uniform> prm: Params;
+@group(0) @binding(1) var<storage, read> seqs: array<Seq>;
+@group(0) @binding(2) var<storage, read> q: array<Quad>;
+@group(0) @binding(3) var<storage, read> k: array<Quad>;
+@group(0) @binding(4) var<storage, read> v: array<Quad>;
+@group(0) @binding(5) var<storage, read> d_o: array<Quad>;
+@group(0) @binding(6) var<storage, read_write> dq: array<Quad>;
+
+// K (rows 0..BK) and V (rows BK..2·BK) of the key tile, rows of D + 8; Q, then dO of the query
+// tile at the start.
+var<workgroup> kv: array<vec4<f16>, KV_LEN>;
+// S (rows 0..BQ) and dP (rows BQ..2·BQ), f32, rows of BK + 4; dQ staging at the end.
+var<workgroup> ss: array<vec4<f32>, S_LEN>;
+// dS (f16), rows of BK + 8.
+var<workgroup> ps: array<vec4<f16>, P_LEN>;
+
+// Rows [row0, row0 + BQ) of a query-side tensor (t: 0 q, 3 dO) to kv as f16, zeros at or past
+// `valid`.
+fn stage_rows(t: u32, tid: u32, base: u32, rstride: u32, row0: u32, valid: u32) {
+    let D4 = D / 4u;
+    let LDK = D4 + 2u;
+    for (var e = tid; e < NSG * 16u * D4; e += WG) {
+        let r = e / D4;
+        let c4 = e % D4;
+        var x = vec4<f32>(0.0);
+        if (row0 + r < valid) {
+            let idx = base + (row0 + r) * rstride + c4;
+            if (t == 0u) {
+                x = load_quad(q[idx]);
+            } else {
+                x = load_quad(d_o[idx]);
+            }
+        }
+        kv[r * LDK + c4] = vec4<f16>(x);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let D4 = D / 4u;
+    let DT = D / 16u;
+    let BQ = NSG * 16u;
+    let BK4 = BK / 4u;
+    // Row strides in quads, and the offsets of the second halves.
+    let LDK = D4 + 2u;
+    let LDS = BK4 + 1u;
+    let LDP = BK4 + 2u;
+    let VO = BK * LDK;
+    let SO = BQ * LDS;
+
+    let b = wid.z;
+    let h = wid.y;
+    let sq = seqs[b];
+    let q0 = wid.x * BQ;
+    if (q0 >= sq.rows_q) {
+        return;
+    }
+    let kvh = h / prm.group;
+    let qbase = head_base(prm.q_str, b, sq.q_start, h);
+    let obase = head_base(prm.o_str, b, sq.q_start, h);
+    let kbase = head_base(prm.k_str, b, sq.k_start, kvh);
+    let vbase = head_base(prm.v_str, b, sq.k_start, kvh);
+
+    let kend = visible_keys(sq, q0, BQ, CAUSAL);
+    let sg = tid / SGS;
+    let r0 = sg * 16u;
+    let scale = prm.scale;
+    let bias = sq.bias;
+
+    // Q and dO rows to registers, through workgroup memory.
+    var qa0 = AM();
+    var qa1 = AM();
+    var qa2 = AM();
+    var qa3 = AM();
+    var qa4 = AM();
+    var qa5 = AM();
+    var qa6 = AM();
+    var qa7 = AM();
+    var oa0 = AM();
+    var oa1 = AM();
+    var oa2 = AM();
+    var oa3 = AM();
+    var oa4 = AM();
+    var oa5 = AM();
+    var oa6 = AM();
+    var oa7 = AM();
+    stage_rows(0u, tid, qbase, prm.q_str.y, q0, sq.len_q);
+    workgroupBarrier();
+    if (DT > 0u) {
+        qa0 = coopLoadT<AM>(&kv[r0 * LDK + 0u], LDK);
+    }
+    if (DT > 1u) {
+        qa1 = coopLoadT<AM>(&kv[r0 * LDK + 4u], LDK);
+    }
+    if (DT > 2u) {
+        qa2 = coopLoadT<AM>(&kv[r0 * LDK + 8u], LDK);
+    }
+    if (DT > 3u) {
+        qa3 = coopLoadT<AM>(&kv[r0 * LDK + 12u], LDK);
+    }
+    if (DT > 4u) {
+        qa4 = coopLoadT<AM>(&kv[r0 * LDK + 16u], LDK);
+    }
+    if (DT > 5u) {
+        qa5 = coopLoadT<AM>(&kv[r0 * LDK + 20u], LDK);
+    }
+    if (DT > 6u) {
+        qa6 = coopLoadT<AM>(&kv[r0 * LDK + 24u], LDK);
+    }
+    if (DT > 7u) {
+        qa7 = coopLoadT<AM>(&kv[r0 * LDK + 28u], LDK);
+    }
+    workgroupBarrier();
+    stage_rows(3u, tid, obase, prm.o_str.y, q0, sq.len_q);
+    workgroupBarrier();
+    if (DT > 0u) {
+        oa0 = coopLoadT<AM>(&kv[r0 * LDK + 0u], LDK);
+    }
+    if (DT > 1u) {
+        oa1 = coopLoadT<AM>(&kv[r0 * LDK + 4u], LDK);
+    }
+    if (DT > 2u) {
+        oa2 = coopLoadT<AM>(&kv[r0 * LDK + 8u], LDK);
+    }
+    if (DT > 3u) {
+        oa3 = coopLoadT<AM>(&kv[r0 * LDK + 12u], LDK);
+    }
+    if (DT > 4u) {
+        oa4 = coopLoadT<AM>(&kv[r0 * LDK + 16u], LDK);
+    }
+    if (DT > 5u) {
+        oa5 = coopLoadT<AM>(&kv[r0 * LDK + 20u], LDK);
+    }
+    if (DT > 6u) {
+        oa6 = coopLoadT<AM>(&kv[r0 * LDK + 24u], LDK);
+    }
+    if (DT > 7u) {
+        oa7 = coopLoadT<AM>(&kv[r0 * LDK + 28u], LDK);
+    }
+
+    var gq0 = CM();
+    var gq1 = CM();
+    var gq2 = CM();
+    var gq3 = CM();
+    var gq4 = CM();
+    var gq5 = CM();
+    var gq6 = CM();
+    var gq7 = CM();
+
+    let n_kt = (kend + BK - 1u) / BK;
+    for (var kt = 0u; kt < n_kt; kt++) {
+        let k0 = kt * BK;
+        let kn = min(BK, kend - k0);      // visible keys in this tile
+        let n_kb = (kn + 15u) / 16u;
+        workgroupBarrier();               // dO / the last tile's K fully read
+        // 1. K and V of the tile, zeros past the visible keys.
+        for (var e = tid; e < BK * D4; e += WG) {
+            let r = e / D4;
+            let c4 = e % D4;
+            var xk = vec4<f32>(0.0);
+            var xv = vec4<f32>(0.0);
+            if (r < kn) {
+                xk = load_quad(k[kbase + (k0 + r) * prm.k_str.y + c4]);
+                xv = load_quad(v[vbase + (k0 + r) * prm.v_str.y + c4]);
+            }
+            kv[r * LDK + c4] = vec4<f16>(xk);
+            kv[VO + r * LDK + c4] = vec4<f16>(xv);
+        }
+        workgroupBarrier();
+        // 2. S = Q Kᵀ and dP = dO Vᵀ, one block of 16 keys at a time.
+        for (var j = 0u; j < n_kb; j++) {
+            var s = CM();
+            var t = CM();
+            let kb = j * 16u * LDK;
+            if (DT > 0u) {
+                let bk = coopLoad<BM>(&kv[kb + 0u], LDK);
+                s = coopMultiplyAdd(qa0, bk, s);
+                let bv = coopLoad<BM>(&kv[VO + kb + 0u], LDK);
+                t = coopMultiplyAdd(oa0, bv, t);
+            }
+            if (DT > 1u) {
+                let bk = coopLoad<BM>(&kv[kb + 4u], LDK);
+                s = coopMultiplyAdd(qa1, bk, s);
+                let bv = coopLoad<BM>(&kv[VO + kb + 4u], LDK);
+                t = coopMultiplyAdd(oa1, bv, t);
+            }
+            if (DT > 2u) {
+                let bk = coopLoad<BM>(&kv[kb + 8u], LDK);
+                s = coopMultiplyAdd(qa2, bk, s);
+                let bv = coopLoad<BM>(&kv[VO + kb + 8u], LDK);
+                t = coopMultiplyAdd(oa2, bv, t);
+            }
+            if (DT > 3u) {
+                let bk = coopLoad<BM>(&kv[kb + 12u], LDK);
+                s = coopMultiplyAdd(qa3, bk, s);
+                let bv = coopLoad<BM>(&kv[VO + kb + 12u], LDK);
+                t = coopMultiplyAdd(oa3, bv, t);
+            }
+            if (DT > 4u) {
+                let bk = coopLoad<BM>(&kv[kb + 16u], LDK);
+                s = coopMultiplyAdd(qa4, bk, s);
+                let bv = coopLoad<BM>(&kv[VO + kb + 16u], LDK);
+                t = coopMultiplyAdd(oa4, bv, t);
+            }
+            if (DT > 5u) {
+                let bk = coopLoad<BM>(&kv[kb + 20u], LDK);
+                s = coopMultiplyAdd(qa5, bk, s);
+                let bv = coopLoad<BM>(&kv[VO + kb + 20u], LDK);
+                t = coopMultiplyAdd(oa5, bv, t);
+            }
+            if (DT > 6u) {
+                let bk = coopLoad<BM>(&kv[kb + 24u], LDK);
+                s = coopMultiplyAdd(qa6, bk, s);
+                let bv = coopLoad<BM>(&kv[VO + kb + 24u], LDK);
+                t = coopMultiplyAdd(oa6, bv, t);
+            }
+            if (DT > 7u) {
+                let bk = coopLoad<BM>(&kv[kb + 28u], LDK);
+                s = coopMultiplyAdd(qa7, bk, s);
+                let bv = coopLoad<BM>(&kv[VO + kb + 28u], LDK);
+                t = coopMultiplyAdd(oa7, bv, t);
+            }
+            // (Pointer and matrix bound by `let` first: naga 30's WGSL front end does not emit
+            // a coopStore's argument expressions before the store itself.)
+            let sp = &ss[r0 * LDS + j * 4u];
+            let sv = s;
+            coopStoreT(sv, sp, LDS);
+            let tp = &ss[SO + r0 * LDS + j * 4u];
+            let tv = t;
+            coopStoreT(tv, tp, LDS);
+        }
+        workgroupBarrier();
+        // 3. dS as f16, for query i = q0 + r and keys k0 + 4·c4 .. +3.
+        for (var e = tid; e < BQ * BK4; e += WG) {
+            let r = e / BK4;
+            let c4 = e % BK4;
+            let jv = vec4<u32>(k0 + c4 * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
+            let iv = vec4<u32>(q0 + r);
+            var ok = (jv < vec4<u32>(sq.len_k)) & (iv < vec4<u32>(sq.len_q));
+            if (CAUSAL) {
+                ok = ok & (jv <= iv);
+            }
+            // Blocks past n_kb were not computed: `select` keeps their stale values out.
+            let p = sigmoid4(fma(ss[r * LDS + c4], vec4<f32>(scale), vec4<f32>(bias)));
+            let ds = select(vec4<f32>(0.0), ss[SO + r * LDS + c4] * p * (1.0 - p), ok);
+            ps[r * LDP + c4] = vec4<f16>(ds);
+        }
+        workgroupBarrier();
+        // 4. dQ += dS K.
+        for (var kk = 0u; kk < n_kb; kk++) {
+            let a = coopLoadT<AM>(&ps[r0 * LDP + kk * 4u], LDP);
+            let kb = kk * 16u * LDK;
+            if (DT > 0u) {
+                let bk = coopLoadT<BM>(&kv[kb + 0u], LDK);
+                gq0 = coopMultiplyAdd(a, bk, gq0);
+            }
+            if (DT > 1u) {
+                let bk = coopLoadT<BM>(&kv[kb + 4u], LDK);
+                gq1 = coopMultiplyAdd(a, bk, gq1);
+            }
+            if (DT > 2u) {
+                let bk = coopLoadT<BM>(&kv[kb + 8u], LDK);
+                gq2 = coopMultiplyAdd(a, bk, gq2);
+            }
+            if (DT > 3u) {
+                let bk = coopLoadT<BM>(&kv[kb + 12u], LDK);
+                gq3 = coopMultiplyAdd(a, bk, gq3);
+            }
+            if (DT > 4u) {
+                let bk = coopLoadT<BM>(&kv[kb + 16u], LDK);
+                gq4 = coopMultiplyAdd(a, bk, gq4);
+            }
+            if (DT > 5u) {
+                let bk = coopLoadT<BM>(&kv[kb + 20u], LDK);
+                gq5 = coopMultiplyAdd(a, bk, gq5);
+            }
+            if (DT > 6u) {
+                let bk = coopLoadT<BM>(&kv[kb + 24u], LDK);
+                gq6 = coopMultiplyAdd(a, bk, gq6);
+            }
+            if (DT > 7u) {
+                let bk = coopLoadT<BM>(&kv[kb + 28u], LDK);
+                gq7 = coopMultiplyAdd(a, bk, gq7);
+            }
+        }
+    }
+    // dQ (scaled) through workgroup memory, CW columns at a time.
+    let CW = BK;
+    for (var c0 = 0u; c0 < D; c0 += CW) {
+        workgroupBarrier();
+        if (DT > 0u && 0u >= c0 && 0u < c0 + CW) {
+            let sp = &ss[r0 * LDS + 0u - c0 / 4u];
+            let sv = gq0;
+            coopStoreT(sv, sp, LDS);
+        }
+        if (DT > 1u && 16u >= c0 && 16u < c0 + CW) {
+            let sp = &ss[r0 * LDS + 4u - c0 / 4u];
+            let sv = gq1;
+            coopStoreT(sv, sp, LDS);
+        }
+        if (DT > 2u && 32u >= c0 && 32u < c0 + CW) {
+            let sp = &ss[r0 * LDS + 8u - c0 / 4u];
+            let sv = gq2;
+            coopStoreT(sv, sp, LDS);
+        }
+        if (DT > 3u && 48u >= c0 && 48u < c0 + CW) {
+            let sp = &ss[r0 * LDS + 12u - c0 / 4u];
+            let sv = gq3;
+            coopStoreT(sv, sp, LDS);
+        }
+        if (DT > 4u && 64u >= c0 && 64u < c0 + CW) {
+            let sp = &ss[r0 * LDS + 16u - c0 / 4u];
+            let sv = gq4;
+            coopStoreT(sv, sp, LDS);
+        }
+        if (DT > 5u && 80u >= c0 && 80u < c0 + CW) {
+            let sp = &ss[r0 * LDS + 20u - c0 / 4u];
+            let sv = gq5;
+            coopStoreT(sv, sp, LDS);
+        }
+        if (DT > 6u && 96u >= c0 && 96u < c0 + CW) {
+            let sp = &ss[r0 * LDS + 24u - c0 / 4u];
+            let sv = gq6;
+            coopStoreT(sv, sp, LDS);
+        }
+        if (DT > 7u && 112u >= c0 && 112u < c0 + CW) {
+            let sp = &ss[r0 * LDS + 28u - c0 / 4u];
+            let sv = gq7;
+            coopStoreT(sv, sp, LDS);
+        }
+        workgroupBarrier();
+        let cw4 = min(CW, D - c0) / 4u;
+        for (var e = tid; e < BQ * cw4; e += WG) {
+            let r = e / cw4;
+            let c4 = e % cw4;
+            if (q0 + r < sq.rows_q) {
+                dq[qbase + (q0 + r) * prm.q_str.y + c0 / 4u + c4] = store_quad(scale * ss[r * LDS + c4]);
+            }
+        }
+    }
+}
