@@ -29,19 +29,22 @@ def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def run_ours(binary, backend, dtype, out_dir, extra):
-    path = os.path.join(out_dir, f"ours_{backend}_{dtype}.json")
+def run_ours(binary, backend, dtype, out_dir, extra, label=None, env=None):
+    """Runs bench_table on one of our backends; `label` names the provider (default
+    ours-BACKEND-DTYPE), `env` adds environment variables (e.g. to switch a path off)."""
+    label = label or f"ours-{backend}-{dtype}"
+    path = os.path.join(out_dir, f"{label}.json")
     cmd = [binary, "--backend", backend, "--dtype", dtype, "--json", path] + extra
-    log("running " + " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    with open(os.path.join(out_dir, f"ours_{backend}_{dtype}.log"), "w") as f:
+    log("running " + " ".join(cmd) + (f" with {env}" if env else ""))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    with open(os.path.join(out_dir, f"{label}.log"), "w") as f:
         f.write(proc.stdout + "\n" + proc.stderr)
     if not os.path.exists(path):
-        log(f"{backend}: no results (exit {proc.returncode}): {proc.stderr[-2000:]}")
+        log(f"{label}: no results (exit {proc.returncode}): {proc.stderr[-2000:]}")
         return []
     rows = json.load(open(path))
     for r in rows:
-        r["provider"] = f"ours-{backend}-{dtype}"
+        r["provider"] = label
     return rows
 
 
@@ -194,7 +197,13 @@ def plot(rows, path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ours", help="path of the bench_table binary")
-    ap.add_argument("--wgpu", action="store_true", help="also run our wgpu path (f16)")
+    ap.add_argument("--wgpu", action="store_true",
+                    help="also run our wgpu backend (f16; cooperative matrices where the adapter "
+                         "has them)")
+    ap.add_argument("--wgpu-scalar", action="store_true",
+                    help="also run our wgpu backend with the cooperative-matrix path off "
+                         "(SIGMOID_ATTN_WGPU_COOP=0), beside --wgpu")
+    ap.add_argument("--wgpu-reps", default="5", help="timed runs per configuration for wgpu")
     ap.add_argument("--triton-sigmoid", help="TritonSigmoid source checkout (uses its src/)")
     ap.add_argument("--no-anchors", action="store_true")
     ap.add_argument("--out", default="report")
@@ -204,6 +213,8 @@ def main():
                          "in time: run D=64 and D=128 separately, then merge); rows of this run win")
     ap.add_argument("--quick", action="store_true",
                     help="shorter do_bench windows (25 ms warm-up, 100 ms timing) for the anchors")
+    ap.add_argument("--device", help="device name for the report (default: the GPU the anchors "
+                                     "run on; give it when only merging)")
     ap.add_argument("--d", default=",".join(map(str, DIMS)))
     ap.add_argument("--n", default=",".join(map(str, SEQS)))
     ap.add_argument("--pad", default=",".join(map(str, PADS)))
@@ -214,9 +225,13 @@ def main():
     rows = []
     if a.ours:
         rows += run_ours(a.ours, "cuda", "bf16", a.out, extra)
+        wgpu_extra = extra[:-1] + [a.wgpu_reps]
         if a.wgpu:
-            rows += run_ours(a.ours, "wgpu", "f16", a.out, extra)
-    device = "unknown"
+            rows += run_ours(a.ours, "wgpu", "f16", a.out, wgpu_extra)
+        if a.wgpu_scalar:
+            rows += run_ours(a.ours, "wgpu", "f16", a.out, wgpu_extra, label="ours-wgpu-scalar-f16",
+                             env={"SIGMOID_ATTN_WGPU_COOP": "0"})
+    device = a.device or "unknown"
 
     earlier = {}
     for path in a.merge:
@@ -236,7 +251,7 @@ def main():
     if not a.no_anchors:
         import torch
 
-        device = torch.cuda.get_device_name()
+        device = a.device or torch.cuda.get_device_name()
         windows = (25, 100) if a.quick else (100, 250)
         everything = save(python_anchors(a.triton_sigmoid, dims, seqs, pads, *windows, on_row=save))
     plot(everything, os.path.join(a.out, "compare.png"))
