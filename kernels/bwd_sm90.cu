@@ -78,7 +78,8 @@ constexpr int kKvQSub = kKvM * 128;     // bytes of one sub-tile of a Q (or dO) 
 constexpr int kKvKBytes = kKvN * kD * 2;
 constexpr int kKvQBytes = kKvM * kD * 2;
 constexpr int kDsBytes = kKvM * 128;    // one warpgroup's half of a dS tile: kKvM queries x 64 keys
-static_assert(kKvN == 128 && kKvM == 64, "the dK/dV kernel is written for 128 keys x 64 queries");
+static_assert(kKvN == 128 && (kKvM == 64 || kKvM == 128), "the dK/dV kernel: 128 keys x 64 or 128 queries");
+static_assert(kKvM == 64 || kD == 64, "128-query steps only at D = 64 (registers)");
 
 // dQ kernel
 constexpr int kQM = Cfg::kQueryBlock;   // queries per CTA
@@ -144,27 +145,31 @@ __device__ __forceinline__ void pack_fragments(const float (&acc)[N / 2], u32 (&
     }
 }
 
-/// acc(64 x 64) = A(64 x kD) B(64 x kD)^T, both K-major 128-byte-swizzled tiles in shared
-/// memory (rows of A from `a` + a_row * 128 within each sub-tile; sub-tiles a_sub / b_sub bytes
-/// apart). Used for S^T = K Q^T and dP^T = V dO^T (dkdv) and S = Q K^T, dP = dO V^T (dq).
-__device__ __forceinline__ void gemm_nt_64(float (&acc)[32], u32 a, int a_sub, int a_row, u32 b,
-                                           int b_sub) {
+/// acc(64 x N) = A(64 x kD) B(N x kD)^T, both K-major 128-byte-swizzled tiles in shared memory
+/// (rows of A from `a` + a_row * 128 within each sub-tile; sub-tiles a_sub / b_sub bytes apart).
+/// Used for S^T = K Q^T and dP^T = V dO^T (dkdv) and S = Q K^T, dP = dO V^T (dq).
+template <int N>
+__device__ __forceinline__ void gemm_nt(float (&acc)[N / 2], u32 a, int a_sub, int a_row, u32 b, int b_sub) {
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk) {
         const int c = kk / 4, w = kk % 4;
         const u64 da = wgmma_desc_sw128(a + c * a_sub + a_row * 128 + w * 32, 16, 1024);
         const u64 db = wgmma_desc_sw128(b + c * b_sub + w * 32, 16, 1024);
-        wgmma_ss_n64<0>(acc, da, db, kk > 0 ? 1 : 0);
+        if constexpr (N == 128) {
+            wgmma_ss_n128<0>(acc, da, db, kk > 0 ? 1 : 0);
+        } else {
+            wgmma_ss_n64<0>(acc, da, db, kk > 0 ? 1 : 0);
+        }
     }
 }
 
-/// acc(64 x kD) += F(64 x 64, registers) B(64 x kD), B a row-major (N-major) tile in shared
+/// acc(64 x kD) += F(64 x K, registers) B(K x kD), B a row-major (N-major) tile in shared
 /// memory whose 64-column sub-tiles are `b_sub` bytes apart: dV += P^T dO, dK += dS^T Q (dkdv)
 /// and dQ += dS K (dq). The leading byte offset steps between the sub-tiles along N.
-template <int D>
-__device__ __forceinline__ void gemm_rs_nn(float (&acc)[D / 2], const u32 (&f)[4][4], u32 b, int b_sub) {
+template <int D, int K>
+__device__ __forceinline__ void gemm_rs_nn(float (&acc)[D / 2], const u32 (&f)[K / 16][4], u32 b, int b_sub) {
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
+    for (int kk = 0; kk < K / 16; ++kk) {
         const u64 db = wgmma_desc_sw128(b + kk * 16 * 128, b_sub, 1024);
         if constexpr (D == 128) {
             wgmma_rs_n128<1>(acc, f[kk], db, 1);
@@ -225,37 +230,43 @@ struct DkdvSmem {
     __device__ __forceinline__ u32 ds_tile(int i, int half) const { return ds + (2 * i + half) * kDsBytes; }
 };
 
-// dQ workspace (atomic mode). fp32, whole tiles of kKvM = 64 query rows per (tile, head),
-// stored in the order the dK/dV kernel's dQ fragments come out of wgmma so that each thread
-// adds 4 contiguous floats and each warp 512 contiguous bytes: warpgroup wg holds columns
-// [wg * kDqCols, (wg + 1) * kDqCols); inside it, group g of 4 accumulator registers of thread
-// t lives at ((wg * kDqGroups + g) * 128 + t) * 4. `fragment_coords` is the inverse.
-constexpr int kDqCols = kD / 2;            // dQ columns per warpgroup
-constexpr int kDqGroups = kDqCols / 8;     // groups of 4 accumulator registers per thread
-constexpr int kDqTileFloats = kKvM * kD;   // one (tile, head) of the workspace
+// dQ workspace (atomic mode). fp32, whole tiles of 64 query rows per (tile, head), stored in
+// the order the dK/dV kernel's dQ fragments come out of wgmma so that each thread adds 4
+// contiguous floats and each warp 512 contiguous bytes: group G of 4 accumulator registers
+// (columns 8 G .. 8 G + 7) of thread t of a 64-row warpgroup tile lives at (G * 128 + t) * 4.
+// With 64-query steps the two warpgroups split a tile by columns (warpgroup wg holds groups
+// wg * kDqGroups ..); with 128-query steps each holds all columns of its own 64-row tile.
+// sigmoid_attn_bwd_dq_convert inverts it.
+constexpr bool kDqSplitRows = kKvM == 128;              // else the warpgroups split columns
+constexpr int kDqCols = kDqSplitRows ? kD : kD / 2;     // dQ columns per warpgroup
+constexpr int kDqGroups = kDqCols / 8;                  // groups of 4 accumulator registers per thread
+constexpr int kDqTileFloats = 64 * kD;                  // one (tile, head) of the workspace
 
-__device__ __forceinline__ long long dq_accum_offset(long long tile, int h, int heads, int wg, int t) {
-    return (tile * heads + h) * kDqTileFloats + (static_cast<long long>(wg) * kDqGroups * 128 + t) * 4;
+__device__ __forceinline__ long long dq_accum_offset(long long tile, int h, int heads, int first_group, int t) {
+    return (tile * heads + h) * kDqTileFloats + (static_cast<long long>(first_group) * 128 + t) * 4;
 }
 
-/// dq(64 x kDqCols) = dS(64 queries x 128 keys) K(128 keys x this warpgroup's columns): dS from
-/// the two swizzled 64-key tiles, K read N-major from the resident key block.
-template <int D>
-__device__ __forceinline__ void gemm_dq_half(float (&dq)[D / 4], const DkdvSmem& sm, int tile, int wg) {
+/// dq(64 x kDqCols) = dS(64 queries x 128 keys) K(128 keys x kDqCols columns): dS from the two
+/// swizzled 64-key halves of dS tile `tile` (this warpgroup's 64 queries when kDqSplitRows,
+/// else all 64), K read N-major from the resident key block (this warpgroup's columns, or all).
+template <bool kRows>
+__device__ __forceinline__ void gemm_dq_half(float (&dq)[kDqCols / 2], const DkdvSmem& sm, int tile, int wg) {
 #pragma unroll
     for (int kk = 0; kk < kKvN / 16; ++kk) {
-        const u64 da = wgmma_desc_sw128(sm.ds_tile(tile, kk / 4) + (kk % 4) * 32, 16, 1024);
-        if constexpr (D == 128) {
-            // Columns 64 wg .. 64 wg + 63: K's 64-column sub-tile wg.
-            const u64 db = wgmma_desc_sw128(sm.k + wg * kKvKSub + kk * 16 * 128, kKvKSub, 1024);
+        if constexpr (kRows) {
+            // D = 64: this warpgroup's 64 queries, all columns (K's one sub-tile).
+            const u64 da = wgmma_desc_sw128(sm.ds_tile(tile, kk / 4) + wg * 64 * 128 + (kk % 4) * 32, 16, 1024);
+            const u64 db = wgmma_desc_sw128(sm.k + kk * 16 * 128, kKvKSub, 1024);
             wgmma_ss_n64<1>(dq, da, db, kk > 0 ? 1 : 0);
         } else {
-            // Columns 32 wg .. 32 wg + 31: 64 bytes into each 128-byte (swizzled) row of K.
-            const u64 db = wgmma_desc_sw128(sm.k + kk * 16 * 128 + wg * 64, kKvKSub, 1024);
-            wgmma_ss_n32<1>(dq, da, db, kk > 0 ? 1 : 0);
+            // D = 128: all 64 queries, columns 64 wg .. 64 wg + 63 (K's sub-tile wg).
+            const u64 da = wgmma_desc_sw128(sm.ds_tile(tile, kk / 4) + (kk % 4) * 32, 16, 1024);
+            const u64 db = wgmma_desc_sw128(sm.k + wg * kKvKSub + kk * 16 * 128, kKvKSub, 1024);
+            wgmma_ss_n64<1>(dq, da, db, kk > 0 ? 1 : 0);
         }
     }
 }
+static_assert(kDqCols == 64, "gemm_dq_half computes 64 columns per warpgroup");
 
 /// Query tiles [m_begin, m_end) that the key block starting at k0 meets: with causal masking
 /// only queries i >= k0 see any of its keys.
@@ -348,21 +359,26 @@ __device__ __forceinline__ void dkdv_produce(const TensorMap& tm_q, const Tensor
 }
 
 /// dQ of step `j` (atomic mode), one step late: waits until both consumer warpgroups have
-/// written dS tile j % 2, multiplies it by this warpgroup's half of K's columns, frees the
-/// tile and adds the result into the fp32 workspace. Also completes every earlier wgmma.
+/// written dS tile j % 2, multiplies this warpgroup's share of it by K (gemm_dq_half), frees
+/// the tile and adds the result into the fp32 workspace. Also completes every earlier wgmma.
 __device__ __forceinline__ void dkdv_dq_step(const BwdParams& p, const DkdvSmem& sm, const BwdSeqInfo& seq,
                                              int b, int j, Step st, int cw, int t) {
     const int tile = j & 1;
     mbar_wait(sm.ds_ready(tile), (j >> 1) & 1);
     float dq[kDqCols / 2];
     wgmma_fence();
-    gemm_dq_half<kD>(dq, sm, tile, cw);
+    gemm_dq_half<kDqSplitRows>(dq, sm, tile, cw);
     wgmma_commit();
     wgmma_wait<0>();
     reg_fence(dq);
     mbar_arrive(sm.ds_free(tile));
-    const long long ws_tile = static_cast<long long>(b) * p.accum_tiles_batch + seq.accum_tile + st.q0 / kKvM;
-    float* dst = reinterpret_cast<float*>(p.dq_accum_ptr) + dq_accum_offset(ws_tile, st.h, p.heads, cw, t);
+    // The 64-row workspace tile of these dQ rows; with 128-query steps the second half may lie
+    // past the sequence (its dS rows are zero): nothing to add, and no tile to add it to.
+    const int row0 = st.q0 + (kDqSplitRows ? 64 * cw : 0);
+    if (kDqSplitRows && row0 >= seq.len_q) return;
+    const long long ws_tile = static_cast<long long>(b) * p.accum_tiles_batch + seq.accum_tile + row0 / 64;
+    float* dst = reinterpret_cast<float*>(p.dq_accum_ptr) +
+                 dq_accum_offset(ws_tile, st.h, p.heads, kDqSplitRows ? 0 : cw * kDqGroups, t);
 #pragma unroll
     for (int g = 0; g < kDqGroups; ++g) {
         red_add_v4_f32(dst + g * 4 * 128, dq[4 * g], dq[4 * g + 1], dq[4 * g + 2], dq[4 * g + 3]);
@@ -392,8 +408,8 @@ __device__ __forceinline__ void dkdv_consume(const BwdParams& p, const DkdvSmem&
         // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys x kKvM queries.
         float s_acc[kKvM / 2], dp_acc[kKvM / 2];
         wgmma_fence();
-        gemm_nt_64(s_acc, sm.k, kKvKSub, cw * 64, sm.q_tile(s), kKvQSub);
-        gemm_nt_64(dp_acc, sm.v, kKvKSub, cw * 64, sm.do_tile(s), kKvQSub);
+        gemm_nt<kKvM>(s_acc, sm.k, kKvKSub, cw * 64, sm.q_tile(s), kKvQSub);
+        gemm_nt<kKvM>(dp_acc, sm.v, kKvKSub, cw * 64, sm.do_tile(s), kKvQSub);
         wgmma_commit();
         wgmma_wait<0>();
         reg_fence(s_acc);
@@ -433,8 +449,8 @@ __device__ __forceinline__ void dkdv_consume(const BwdParams& p, const DkdvSmem&
 
         // dV += P^T dO, dK += dS^T Q (A from registers; dO and Q read N-major).
         wgmma_fence();
-        gemm_rs_nn<kD>(dv, pf, sm.do_tile(s), kKvQSub);
-        gemm_rs_nn<kD>(dk, dsf, sm.q_tile(s), kKvQSub);
+        gemm_rs_nn<kD, kKvM>(dv, pf, sm.do_tile(s), kKvQSub);
+        gemm_rs_nn<kD, kKvM>(dk, dsf, sm.q_tile(s), kKvQSub);
         wgmma_commit();
 
         if (p.atomic_dq) {
@@ -637,8 +653,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
             // S = Q K^T and dP = dO V^T for this warpgroup's 64 queries x kQN keys.
             float s_acc[kQN / 2], dp_acc[kQN / 2];
             wgmma_fence();
-            gemm_nt_64(s_acc, sq, kQQSub, wg * 64, k_tile, kQKSub);
-            gemm_nt_64(dp_acc, sdo, kQQSub, wg * 64, v_tile, kQKSub);
+            gemm_nt<kQN>(s_acc, sq, kQQSub, wg * 64, k_tile, kQKSub);
+            gemm_nt<kQN>(dp_acc, sdo, kQQSub, wg * 64, v_tile, kQKSub);
             wgmma_commit();
             wgmma_wait<0>();
             reg_fence(s_acc);
@@ -670,7 +686,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
 
             // dQ += dS K (K read N-major).
             wgmma_fence();
-            gemm_rs_nn<kD>(dq, dsf, k_tile, kQKSub);
+            gemm_rs_nn<kD, kQN>(dq, dsf, k_tile, kQKSub);
             wgmma_commit();
             wgmma_wait<0>();
             reg_fence(dq);
@@ -693,7 +709,7 @@ extern "C" __global__ void __launch_bounds__(kThreads)
     sigmoid_attn_bwd_dq_convert(const __grid_constant__ BwdParams p) {
     const int h = blockIdx.y, b = blockIdx.z;
     const BwdSeqInfo seq = load_seq(p, b);
-    const int i0 = blockIdx.x * kKvM;
+    const int i0 = blockIdx.x * 64;
     if (i0 >= seq.rows_q) return;
     const long long tile = static_cast<long long>(b) * p.accum_tiles_batch + seq.accum_tile + blockIdx.x;
     const float4* src =
@@ -702,11 +718,11 @@ extern "C" __global__ void __launch_bounds__(kThreads)
                              2 * (static_cast<long long>(b) * p.dq_stride_batch +
                                   static_cast<long long>(h) * p.dq_stride_head);
     for (int f = threadIdx.x; f < kDqTileFloats / 4; f += kThreads) {
-        // Inverse of dq_accum_offset: float4 f is group g of thread t of warpgroup w, i.e.
-        // (row, col..col+1) and (row + 8, col..col+1) of the tile.
-        const int w = f / (kDqGroups * 128), g = (f / 128) % kDqGroups, t = f % 128;
+        // Inverse of dq_accum_offset: float4 f is group G of thread t, i.e. (row, col..col+1)
+        // and (row + 8, col..col+1) of the tile.
+        const int g = f / 128, t = f % 128;
         const int row = (t / 32) * 16 + (t % 32) / 4;
-        const int col = w * kDqCols + 8 * g + 2 * (t % 4);
+        const int col = 8 * g + 2 * (t % 4);
         const float4 v = src[f];
 #pragma unroll
         for (int half = 0; half < 2; ++half) {

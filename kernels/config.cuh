@@ -53,12 +53,26 @@ struct FwdConfigOverride {
 /// 438 TFLOPS, D=128 511 against 513); S^T and dP^T as two wgmma groups with P and dV started
 /// while dP^T runs (D=64 406 against 429, D=128 504 against 523).
 template <int D>
-struct BwdConfig {
-    static constexpr int kKeyBlock = 128;   // dK/dV kernel: keys per CTA (64 per warpgroup)
-    static constexpr int kQueryTile = 64;   // dK/dV kernel: queries per step (wgmma N)
-    static constexpr int kQueryBlock = 128; // dQ kernel: queries per CTA (64 per warpgroup)
-    static constexpr int kKeyTile = 64;     // dQ kernel: keys per step (wgmma N)
-    static constexpr int kStages = 2;       // ring depth of the streamed tiles, both kernels
+struct BwdConfig;
+
+/// D = 64: 128 queries per dK/dV step (twice the GEMM work per step's fixed costs; 64 at D =
+/// 128, where the accumulators leave no registers for it).
+template <>
+struct BwdConfig<64> {
+    static constexpr int kKeyBlock = 128;    // dK/dV kernel: keys per CTA (64 per warpgroup)
+    static constexpr int kQueryTile = 128;   // dK/dV kernel: queries per step (wgmma N)
+    static constexpr int kQueryBlock = 128;  // dQ kernel: queries per CTA (64 per warpgroup)
+    static constexpr int kKeyTile = 64;      // dQ kernel: keys per step (wgmma N)
+    static constexpr int kStages = 2;        // ring depth of the streamed tiles, both kernels
+};
+
+template <>
+struct BwdConfig<128> {
+    static constexpr int kKeyBlock = 128;
+    static constexpr int kQueryTile = 64;
+    static constexpr int kQueryBlock = 128;
+    static constexpr int kKeyTile = 64;
+    static constexpr int kStages = 2;
 };
 
 /// Derived sizes shared by the kernel and the host (the host mirrors them in launch.rs).

@@ -8,7 +8,7 @@ other header.
 import pathlib
 
 # (form, n): "ss" = A and B from shared memory; "rs" = A from registers, B from shared memory.
-SHAPES = [("ss", 32), ("ss", 64), ("ss", 128), ("ss", 176), ("rs", 64), ("rs", 128)]
+SHAPES = [("ss", 64), ("ss", 128), ("ss", 176), ("rs", 64), ("rs", 128)]
 
 
 def regs(first, count):

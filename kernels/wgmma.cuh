@@ -3,22 +3,6 @@
 // SA_PTX_DTYPE ("bf16" or "f16") is defined by ptx.cuh from the variant macros.
 #pragma once
 
-/// D(64x32, f32) += A(64x16) * B(16x32); A and B from shared-memory descriptors.
-/// `scale_d` = 0 overwrites D, 1 accumulates. TRANS_B = 1 reads B as N-major (MN-major).
-template <int TRANS_B>
-__device__ __forceinline__ void wgmma_ss_n32(float (&d)[16], unsigned long long desc_a, unsigned long long desc_b, int scale_d) {
-    asm volatile(
-        "{\n.reg .pred p;\n"
-        "setp.ne.b32 p, %18, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32." SA_PTX_DTYPE "." SA_PTX_DTYPE "\n"
-        "{" 
-        "%0, %1, %2, %3, %4, %5, %6, %7,"
-        "%8, %9, %10, %11, %12, %13, %14, %15"
-        "},\n %16, %17, p, 1, 1, 0, %19;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-        : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TRANS_B));
-}
-
 /// D(64x64, f32) += A(64x16) * B(16x64); A and B from shared-memory descriptors.
 /// `scale_d` = 0 overwrites D, 1 accumulates. TRANS_B = 1 reads B as N-major (MN-major).
 template <int TRANS_B>

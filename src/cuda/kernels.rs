@@ -43,7 +43,7 @@ pub(crate) const BWD_DQ_CONVERT: &str = "sigmoid_attn_bwd_dq_convert";
 /// Backward entry: d_bias from the per-CTA partial sums.
 pub(crate) const BWD_DBIAS: &str = "sigmoid_attn_bwd_dbias";
 
-/// Tile shape of the backward kernels (both head dims); mirrors `BwdConfig<D>` in
+/// Tile shape of the backward kernels for one head dim; mirrors `BwdConfig<D>` in
 /// `kernels/config.cuh` (checked by a test below).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BwdTiles {
@@ -60,11 +60,12 @@ pub(crate) struct BwdTiles {
 }
 
 impl BwdTiles {
-    /// The backward tiles (the same for D = 64 and 128).
-    pub fn get() -> Self {
+    /// The backward tiles of head dim `d` (64 or 128; the dK/dV kernel steps over 128 queries
+    /// at D = 64, 64 at D = 128).
+    pub fn for_head_dim(d: usize) -> Self {
         BwdTiles {
             key_block: 128,
-            query_tile: 64,
+            query_tile: if d == 64 { 128 } else { 64 },
             query_block: 128,
             key_tile: 64,
             stages: 2,
@@ -320,27 +321,33 @@ mod tests {
     #[test]
     fn bwd_tiles_match_config_cuh() {
         let text = SOURCES.iter().find(|(n, _)| *n == "config.cuh").unwrap().1;
-        let start = text.find("struct BwdConfig {").expect("BwdConfig");
-        let body = &text[start..start + text[start..].find("};").unwrap()];
-        let value = |name: &str| -> usize {
-            let at = body.find(&format!("{name} = ")).expect(name) + name.len() + 3;
-            body[at..]
-                .split(';')
-                .next()
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap()
-        };
-        let t = BwdTiles::get();
-        assert_eq!(t.key_block, value("kKeyBlock"));
-        assert_eq!(t.query_tile, value("kQueryTile"));
-        assert_eq!(t.query_block, value("kQueryBlock"));
-        assert_eq!(t.key_tile, value("kKeyTile"));
-        assert_eq!(t.stages, value("kStages"));
-        // Shared memory as the kernel computes it (bwd_sm90.cu), D = 128.
-        assert_eq!(t.dkdv_smem_bytes(128), 164_960);
-        assert_eq!(t.dq_smem_bytes(128), 132_120);
+        for d in [64, 128] {
+            let start = text
+                .find(&format!("struct BwdConfig<{d}> {{"))
+                .expect("BwdConfig specialisation");
+            let body = &text[start..start + text[start..].find("};").unwrap()];
+            let value = |name: &str| -> usize {
+                let at = body.find(&format!("{name} = ")).expect(name) + name.len() + 3;
+                body[at..]
+                    .split(';')
+                    .next()
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap()
+            };
+            let t = BwdTiles::for_head_dim(d);
+            assert_eq!(t.key_block, value("kKeyBlock"), "d{d}");
+            assert_eq!(t.query_tile, value("kQueryTile"), "d{d}");
+            assert_eq!(t.query_block, value("kQueryBlock"), "d{d}");
+            assert_eq!(t.key_tile, value("kKeyTile"), "d{d}");
+            assert_eq!(t.stages, value("kStages"), "d{d}");
+        }
+        // Shared memory as the kernel computes it (bwd_sm90.cu).
+        let (t64, t128) = (BwdTiles::for_head_dim(64), BwdTiles::for_head_dim(128));
+        assert_eq!(t128.dkdv_smem_bytes(128), 164_960);
+        assert_eq!(t64.dkdv_smem_bytes(64), 164_960);
+        assert_eq!(t128.dq_smem_bytes(128), 132_120);
     }
 
     #[test]

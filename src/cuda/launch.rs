@@ -317,7 +317,7 @@ pub(crate) fn describe_backward(plan: &Plan) -> Result<BackwardLaunch> {
     let es = plan.dtype().size_bytes();
     let st = plan.strides();
     check_map_strides("o", &st.o, packed, es)?;
-    let tiles = BwdTiles::get();
+    let tiles = BwdTiles::for_head_dim(plan.head_dim());
     let d = plan.head_dim();
     let (batch, heads, kv_heads) = (plan.batch(), plan.heads(), plan.kv_heads());
     to_i32(plan.seq_q(), "query rows")?;

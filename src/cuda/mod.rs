@@ -326,7 +326,7 @@ impl CudaBackend {
                 })?
                 .smem_bytes(v.head_dim),
             Kernel::Backward => {
-                let t = kernels::BwdTiles::get();
+                let t = kernels::BwdTiles::for_head_dim(v.head_dim);
                 match entry {
                     kernels::BWD_DKDV => t.dkdv_smem_bytes(v.head_dim),
                     kernels::BWD_DQ => t.dq_smem_bytes(v.head_dim),
