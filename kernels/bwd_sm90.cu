@@ -22,12 +22,13 @@
 //                               dV  += P^T dO   (wgmma RS: P^T is already in the A layout)
 //                               dK  += dS^T Q   (wgmma RS)
 //                             and with atomic_dq = 1 also dQ_tile = dS K, one step late: both
-//                             warpgroups write their dS (stmatrix) into one 64 x 128 tile of a
-//                             double buffer; in the next step each multiplies it by its half
-//                             of K's columns and adds the result with red.global.add.v4.f32
-//                             into the fp32 workspace dq_accum (tiled in fragment order, see
-//                             "dQ workspace"). The delay lets the warpgroups drift apart by up
-//                             to a step, so one's elementwise work overlaps the other's GEMMs.
+//                             warpgroups write their dS (stmatrix) into one queries x 128 keys
+//                             tile of a double buffer; in the next step each multiplies its
+//                             share (D = 128: half of K's columns; D = 64, 128-query steps:
+//                             its 64 queries) by K and adds the result with red.global.add.v4
+//                             .f32 into the fp32 workspace dq_accum (tiled in fragment order,
+//                             see "dQ workspace"). The delay lets the warpgroups drift apart by
+//                             up to a step, so one's elementwise work overlaps the other's GEMMs.
 //                             Each CTA writes its partial sum of dS to dbias_partial.
 //   sigmoid_attn_bwd_dq       deterministic mode: grid (query blocks, heads, batch).
 //                             Query-outer, no atomics: S = Q K^T, dP = dO V^T, dS, dQ += dS K
@@ -201,8 +202,8 @@ __device__ __forceinline__ void store_rows(const float (&acc)[kD / 2], float mul
 }
 
 /// Shared memory of the dK/dV kernel: the CTA's K and V blocks (loaded once), a ring of Q/dO
-/// tiles, two dS tiles (64 queries x 128 keys: one half per consumer warpgroup; two so that the
-/// dQ product of a step can run a step later), then the barriers:
+/// tiles, two dS tiles (kKvM queries x 128 keys: one 64-key half per consumer warpgroup; two so
+/// that the dQ product of a step can run a step later), then the barriers:
 ///   kv_load (TMA) -> kv_full (K, V ready, tail rows zeroed), tail_load (TMA of a stage whose
 ///   rows the producer must zero), full(s) (stage s ready), empty(s) (stage s consumed, one
 ///   arrival per consumer warp), ds_ready(i) / ds_free(i) (dS tile i written / read by wgmma:
@@ -246,9 +247,10 @@ __device__ __forceinline__ long long dq_accum_offset(long long tile, int h, int 
     return (tile * heads + h) * kDqTileFloats + (static_cast<long long>(first_group) * 128 + t) * 4;
 }
 
-/// dq(64 x kDqCols) = dS(64 queries x 128 keys) K(128 keys x kDqCols columns): dS from the two
-/// swizzled 64-key halves of dS tile `tile` (this warpgroup's 64 queries when kDqSplitRows,
-/// else all 64), K read N-major from the resident key block (this warpgroup's columns, or all).
+/// dq(64 x 64) = dS(64 queries x 128 keys) K(128 keys x 64 columns): dS from the two swizzled
+/// 64-key halves of dS tile `tile`, K read N-major from the resident key block. kRows (D = 64,
+/// 128-query steps): this warpgroup's 64 queries, all columns; else (D = 128): all 64 queries,
+/// this warpgroup's 64 columns.
 template <bool kRows>
 __device__ __forceinline__ void gemm_dq_half(float (&dq)[kDqCols / 2], const DkdvSmem& sm, int tile, int wg) {
 #pragma unroll
