@@ -253,19 +253,12 @@ __device__ __forceinline__ long long dq_accum_offset(long long tile, int h, int 
 /// this warpgroup's 64 columns.
 template <bool kRows>
 __device__ __forceinline__ void gemm_dq_half(float (&dq)[kDqCols / 2], const DkdvSmem& sm, int tile, int wg) {
+    const int a_row = kRows ? wg * 64 : 0;
 #pragma unroll
     for (int kk = 0; kk < kKvN / 16; ++kk) {
-        if constexpr (kRows) {
-            // D = 64: this warpgroup's 64 queries, all columns (K's one sub-tile).
-            const u64 da = wgmma_desc_sw128(sm.ds_tile(tile, kk / 4) + wg * 64 * 128 + (kk % 4) * 32, 16, 1024);
-            const u64 db = wgmma_desc_sw128(sm.k + kk * 16 * 128, kKvKSub, 1024);
-            wgmma_ss_n64<1>(dq, da, db, kk > 0 ? 1 : 0);
-        } else {
-            // D = 128: all 64 queries, columns 64 wg .. 64 wg + 63 (K's sub-tile wg).
-            const u64 da = wgmma_desc_sw128(sm.ds_tile(tile, kk / 4) + (kk % 4) * 32, 16, 1024);
-            const u64 db = wgmma_desc_sw128(sm.k + wg * kKvKSub + kk * 16 * 128, kKvKSub, 1024);
-            wgmma_ss_n64<1>(dq, da, db, kk > 0 ? 1 : 0);
-        }
+        const u64 da = wgmma_desc_sw128(sm.ds_tile(tile, kk / 4) + a_row * 128 + (kk % 4) * 32, 16, 1024);
+        const u64 db = wgmma_desc_sw128(sm.k + (kRows ? 0 : wg * kKvKSub) + kk * 16 * 128, kKvKSub, 1024);
+        wgmma_ss_n64<1>(dq, da, db, kk > 0 ? 1 : 0);
     }
 }
 static_assert(kDqCols == 64, "gemm_dq_half computes 64 columns per warpgroup");
@@ -377,7 +370,7 @@ __device__ __forceinline__ void dkdv_dq_step(const BwdParams& p, const DkdvSmem&
     // The 64-row workspace tile of these dQ rows; with 128-query steps the second half may lie
     // past the sequence (its dS rows are zero): nothing to add, and no tile to add it to.
     const int row0 = st.q0 + (kDqSplitRows ? 64 * cw : 0);
-    if (kDqSplitRows && row0 >= seq.len_q) return;
+    if (row0 >= seq.len_q) return;
     const long long ws_tile = static_cast<long long>(b) * p.accum_tiles_batch + seq.accum_tile + row0 / 64;
     float* dst = reinterpret_cast<float*>(p.dq_accum_ptr) +
                  dq_accum_offset(ws_tile, st.h, p.heads, kDqSplitRows ? 0 : cw * kDqGroups, t);
