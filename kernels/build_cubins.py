@@ -11,6 +11,13 @@ $SA_NVRTC_LIB. NVRTC 13.0.x is refused: it crashes on wgmma code.
 Both modes fail (exit status 1) on register spills, on a stack frame, or on ptxas warnings that
 wgmma was serialized. --check also fails when a source, the options or the NVRTC version differ
 from the manifest, or when the recompiled cubin differs from the committed one.
+
+    python3 kernels/build_cubins.py --check --sass   # also read the SASS of every entry
+
+--sass disassembles each entry (cuobjdump and nvdisasm from the PyPI wheels
+`nvidia-cuda-cuobjdump==13.5.37` and `nvidia-cuda-nvdisasm==13.5.37`) and fails when an entry
+that computes attention products has no HGMMA (tensor-core) instruction or when any entry uses
+local memory (LDL/STL); it prints the counts (HGMMA, MUFU, STSM, REDG) per entry.
 """
 import argparse
 import ctypes
@@ -19,7 +26,10 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CUBIN_DIR = os.path.join(HERE, "cubin")
@@ -41,6 +51,9 @@ BASE_OPTIONS = ["--gpu-architecture=sm_90a", "-std=c++17", "--ptxas-options=-v",
 
 # ptxas messages that mean the tensor-core pipeline was broken up or registers went to memory.
 BAD_PATTERNS = [r"C751\d", r"C7508", r"[Ss]erializ", r"Potential Performance Loss"]
+
+# Entries whose SASS must contain wgmma (HGMMA): the ones that compute the attention products.
+TENSOR_ENTRIES = {"sigmoid_attn_fwd", "sigmoid_attn_bwd_dkdv", "sigmoid_attn_bwd_dq"}
 
 INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 
@@ -165,6 +178,54 @@ def problems(report, log):
     return sorted(set(out))
 
 
+def find_tool(name):
+    """A CUDA binary tool from the PyPI wheels (nvidia/cu13/bin on sys.path), else from PATH."""
+    for p in sys.path:
+        hit = os.path.join(p, "nvidia", "cu13", "bin", name)
+        if os.path.isfile(hit) and os.access(hit, os.X_OK):
+            return hit
+    return shutil.which(name)
+
+
+class SassAudit:
+    """Counts what matters in the SASS of each entry point of a cubin."""
+
+    def __init__(self):
+        self.cuobjdump = find_tool("cuobjdump")
+        nvdisasm = find_tool("nvdisasm")
+        if not self.cuobjdump or not nvdisasm:
+            sys.exit("build_cubins: --sass needs cuobjdump and nvdisasm; run `python3 -m pip install "
+                     "nvidia-cuda-cuobjdump==13.5.37 nvidia-cuda-nvdisasm==13.5.37`")
+        self.env = {**os.environ, "NVDISASM_PATH": os.path.dirname(nvdisasm)}
+
+    def audit(self, cubin, entries):
+        """({entry: counts}, [problems]) for the given cubin bytes."""
+        counts, bad = {}, []
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(cubin)
+            f.flush()
+            for entry in entries:
+                out = subprocess.run([self.cuobjdump, "-sass", "-fun", entry, f.name], env=self.env,
+                                     capture_output=True, text=True)
+                if out.returncode != 0:
+                    bad.append(f"{entry}: cuobjdump failed: {out.stderr.strip()[:200]}")
+                    continue
+                text = out.stdout
+                c = {
+                    "HGMMA": len(re.findall(r"\bHGMMA\.", text)),
+                    "MUFU": len(re.findall(r"\bMUFU\.", text)),
+                    "STSM": len(re.findall(r"\bSTSM\b", text)),
+                    "REDG": len(re.findall(r"\bREDG\.", text)),
+                    "local": len(re.findall(r"\b(?:LDL|STL)\b", text)),
+                }
+                counts[entry] = c
+                if entry in TENSOR_ENTRIES and c["HGMMA"] == 0:
+                    bad.append(f"{entry}: no HGMMA in the SASS (wgmma lost)")
+                if c["local"]:
+                    bad.append(f"{entry}: {c['local']} local-memory instructions (LDL/STL)")
+        return counts, bad
+
+
 def sha(data):
     return hashlib.sha256(data if isinstance(data, bytes) else data.encode()).hexdigest()
 
@@ -173,7 +234,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="verify the committed cubins instead of writing")
     ap.add_argument("--only", help="substring filter on variant names")
+    ap.add_argument("--sass", action="store_true", help="also audit the SASS of every entry")
     args = ap.parse_args()
+    sass = SassAudit() if args.sass else None
 
     nvrtc = Nvrtc(find_nvrtc())
     ver = f"{nvrtc.version[0]}.{nvrtc.version[1]}"
@@ -204,6 +267,11 @@ def main():
               f"{rep['stack_bytes']} stack bytes, cubin {len(cubin)} bytes")
         for b in bad:
             failures.append(f"{name}: {b}")
+        if sass:
+            counts, sass_bad = sass.audit(cubin, ENTRIES[name.split("_")[0]])
+            for entry, c in counts.items():
+                print(f"    {entry}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+            failures += [f"{name}: {b}" for b in sass_bad]
         entry = {
             "name": name,
             "kernel": ENTRIES[name.split("_")[0]][0],
