@@ -10,7 +10,8 @@
 //!
 //! Options: `--backend cpu|wgpu|cuda`, `--dtype bf16|f16|f32`, `--pass fwd,bwd`, `--d 64,128`,
 //! `--n 1024,4096,16384`, `--pad 0,25`, `--tokens 16384`, `--width 2048`, `--reps 20`,
-//! `--json PATH`, `--no-check`.
+//! `--warmup-ms 100` (measured time spent warming up before the timed runs), `--json PATH`,
+//! `--no-check`.
 
 use sigmoid_attn::cpu::reference::rows;
 use sigmoid_attn::{Backend, BackwardArgs, DType, Error, HostTensor, Lengths, Plan, Problem};
@@ -27,6 +28,7 @@ struct Opts {
     tokens: usize,
     width: usize,
     reps: usize,
+    warmup_ms: f64,
     json: Option<String>,
     check: bool,
 }
@@ -48,6 +50,7 @@ fn parse() -> Result<Opts, String> {
         tokens: 16384,
         width: 2048,
         reps: 20,
+        warmup_ms: 100.0,
         json: None,
         check: true,
     };
@@ -75,6 +78,7 @@ fn parse() -> Result<Opts, String> {
             "--tokens" => o.tokens = value.parse().map_err(|_| "bad --tokens")?,
             "--width" => o.width = value.parse().map_err(|_| "bad --width")?,
             "--reps" => o.reps = value.parse().map_err(|_| "bad --reps")?,
+            "--warmup-ms" => o.warmup_ms = value.parse().map_err(|_| "bad --warmup-ms")?,
             "--json" => o.json = Some(value),
             _ => return Err(format!("unknown option {flag}")),
         }
@@ -145,13 +149,18 @@ fn threshold(dtype: DType) -> f64 {
     }
 }
 
+/// Median of `reps` timed runs after a warm-up of at least `warmup_ms` of measured time (and at
+/// least one run): short GPU kernels need many runs before clocks and caches settle, the way
+/// `triton.testing.do_bench` warms up the anchors.
 fn time<B: Backend>(
     be: &B,
     reps: usize,
+    warmup_ms: f64,
     f: &mut dyn FnMut() -> Result<(), Error>,
 ) -> Result<f64, Error> {
-    for _ in 0..3 {
-        f()?;
+    let mut warm = 0.0;
+    while warm < warmup_ms || warm == 0.0 {
+        warm += be.time_ms(f)?.max(1e-6);
     }
     let times = (0..reps)
         .map(|_| be.time_ms(f))
@@ -220,7 +229,7 @@ fn run_config<B: Backend>(be: &B, o: &Opts, d: usize, n: usize, pad: u32) -> Res
             Err(e) => notes.push(format!("fwd: {e}")),
             Ok(()) => {
                 let mut od = be.alloc(o.dtype, plan.o_elems())?;
-                let ms = time(be, o.reps, &mut || {
+                let ms = time(be, o.reps, o.warmup_ms, &mut || {
                     be.forward(&plan, &qd, &kd, &vd, &mut od)
                 })?;
                 row.fwd_ms = Some(ms);
@@ -267,7 +276,7 @@ fn run_config<B: Backend>(be: &B, o: &Opts, d: usize, n: usize, pad: u32) -> Res
                         },
                     )
                 };
-                let ms = time(be, o.reps, &mut run)?;
+                let ms = time(be, o.reps, o.warmup_ms, &mut run)?;
                 row.bwd_ms = Some(ms);
                 row.bwd_tflops = Some(plan.backward_flops() / (ms * 1e-3) / 1e12);
                 if o.check {
