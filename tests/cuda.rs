@@ -50,7 +50,7 @@ fn backward_padded_case() {
 #[cfg(feature = "cuda")]
 mod raw {
     use super::common::Rng;
-    use sigmoid_attn::cuda::{CudaBackend, RawTensors};
+    use sigmoid_attn::cuda::{CudaBackend, RawGradTensors, RawTensors};
     use sigmoid_attn::{Backend, BackwardArgs, DType, Error, HostTensor, Lengths, Plan, Problem};
 
     use cudarc::driver::result::stream::{self, StreamKind};
@@ -106,6 +106,91 @@ mod raw {
         let (a, b) = (be.download(&o1).unwrap(), be.download(&o2).unwrap());
         assert_eq!(a.as_bytes(), b.as_bytes());
         println!("cuda: forward_raw on a borrowed stream matches forward");
+    }
+
+    /// backward_raw on a caller-created stream gives the same bytes as backward (deterministic
+    /// mode, so that bytes can be compared), and refuses, without allocating, a dQ mode whose
+    /// workspace its warm-up did not size.
+    #[test]
+    fn backward_raw_on_a_borrowed_stream_matches_backward() {
+        let Some(be) = backend() else { return };
+        let plan = Problem::new(2, 300, 4, 128)
+            .with_kv_heads(2)
+            .with_dtype(DType::BF16)
+            .with_lengths(Lengths::padded(&[300, 77]))
+            .plan()
+            .unwrap();
+        if let Err(e) = be.supports_backward(&plan) {
+            println!("cuda backward_raw: skipped: {e}");
+            return;
+        }
+        let mut rng = Rng::new(5);
+        let dt = plan.dtype();
+        let inputs = [
+            rng.tensor(dt, plan.q_elems()),
+            rng.tensor(dt, plan.k_elems()),
+            rng.tensor(dt, plan.v_elems()),
+            rng.tensor(dt, plan.o_elems()),
+        ];
+        be.set_deterministic(true);
+        let expected = backward_bytes(&be, &plan, &inputs).unwrap();
+
+        be.warm_up_backward(&plan).unwrap();
+        let up = |t: &HostTensor| be.upload(t).unwrap();
+        let (q, k, v, d_o) = (
+            up(&inputs[0]),
+            up(&inputs[1]),
+            up(&inputs[2]),
+            up(&inputs[3]),
+        );
+        let nan = |dtype, len| up(&HostTensor::filled(dtype, len, f32::NAN));
+        let (dq, dk, dv) = (
+            nan(dt, plan.q_elems()),
+            nan(dt, plan.k_elems()),
+            nan(dt, plan.v_elems()),
+        );
+        let db = nan(DType::F32, plan.batch());
+        be.synchronize().unwrap();
+        let s = be.stream();
+        let ptr = |b: &sigmoid_attn::cuda::CudaBuffer| b.as_slice().device_ptr(s).0;
+        let ptrs = RawGradTensors {
+            q: ptr(&q),
+            k: ptr(&k),
+            v: ptr(&v),
+            d_o: ptr(&d_o),
+            dq: ptr(&dq),
+            dk: ptr(&dk),
+            dv: ptr(&dv),
+            d_bias: Some(ptr(&db)),
+        };
+        be.context().bind_to_thread().unwrap();
+        let raw = stream::create(StreamKind::NonBlocking).unwrap();
+        // SAFETY: the buffers hold the plan's elements and outlive the synchronisation below;
+        // no other backward runs on this backend meanwhile.
+        unsafe { be.backward_raw(&plan, ptrs, raw) }.unwrap();
+        unsafe { stream::synchronize(raw) }.unwrap();
+        for (name, (buf, want)) in ["dq", "dk", "dv", "d_bias"]
+            .iter()
+            .zip([&dq, &dk, &dv, &db].into_iter().zip(&expected))
+        {
+            let got = be.download(buf).unwrap();
+            assert!(
+                got.as_bytes() == &want[..],
+                "{name}: backward_raw differs from backward"
+            );
+        }
+
+        // The atomic mode needs the fp32 dQ workspace, which no call of this backend has
+        // allocated: refused before anything is enqueued.
+        be.set_deterministic(false);
+        match unsafe { be.backward_raw(&plan, ptrs, raw) } {
+            Err(Error::InvalidBuffer { tensor, .. }) => assert_eq!(tensor, "backward workspace"),
+            other => panic!("backward_raw without a warm-up for the atomic mode: {other:?}"),
+        }
+        unsafe { stream::destroy(raw) }.unwrap();
+        println!(
+            "cuda: backward_raw on a borrowed stream matches backward; unsized workspace refused"
+        );
     }
 
     /// One backward on fresh NaN-poisoned outputs: the bytes of dQ, dK, dV and d_bias.

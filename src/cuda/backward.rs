@@ -12,34 +12,55 @@ pub(super) struct Workspace {
     pub(super) partial: Option<CudaSlice<u8>>,
 }
 
-/// Device addresses of the backward's tensors (strides as the plan says).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct BackwardPtrs {
-    pub(super) q: u64,
-    pub(super) k: u64,
-    pub(super) v: u64,
-    pub(super) d_o: u64,
-    pub(super) dq: u64,
-    pub(super) dk: u64,
-    pub(super) dv: u64,
-    pub(super) d_bias: Option<u64>,
+/// Device addresses of the backward's tensors for [`CudaBackend::backward_raw`], laid out as
+/// the plan's strides say (element offsets from these addresses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawGradTensors {
+    /// Queries.
+    pub q: u64,
+    /// Keys.
+    pub k: u64,
+    /// Values.
+    pub v: u64,
+    /// Gradient of the output.
+    pub d_o: u64,
+    /// Gradient of the queries (written).
+    pub dq: u64,
+    /// Gradient of the keys (written).
+    pub dk: u64,
+    /// Gradient of the values (written).
+    pub dv: u64,
+    /// Gradient of the per-sequence bias, `batch` f32 values (written), or `None`.
+    pub d_bias: Option<u64>,
 }
 
 impl CudaBackend {
     /// Device addresses of the backward workspaces (dQ accumulator only when `atomic`), grown
-    /// when this plan needs more than the last one. Reused across calls on the backend's
-    /// stream, which orders them.
+    /// when this plan needs more than the last one, or, without `may_grow` (the raw entry
+    /// point, which must not allocate), an error. Reused across calls, which must be ordered
+    /// (the backend's stream orders its own).
     pub(super) fn workspace_ptrs(
         &self,
         ws: &mut Workspace,
         l: &BackwardLaunch,
         atomic: bool,
+        may_grow: bool,
     ) -> Result<(u64, u64)> {
         let accum_bytes = if atomic { l.accum_elems * 4 } else { 0 };
         let partial_bytes = (l.partial_elems * 4).max(4);
         let grow = |slot: &mut Option<CudaSlice<u8>>, bytes: usize| -> Result<()> {
             if bytes == 0 || slot.as_ref().is_some_and(|s| s.len() >= bytes) {
                 return Ok(());
+            }
+            if !may_grow {
+                return Err(Error::InvalidBuffer {
+                    tensor: "backward workspace",
+                    expected: format!(
+                        "{bytes} bytes (call warm_up_backward with this plan, in this dQ mode, \
+                         before backward_raw, which does not allocate)"
+                    ),
+                    got: format!("{} bytes", slot.as_ref().map_or(0, |s| s.len())),
+                });
             }
             // The old buffer may still be in use by queued kernels: its free is ordered on the
             // stream, but wait anyway so that peak memory stays bounded.
@@ -65,11 +86,16 @@ impl CudaBackend {
         Ok((if atomic { ptr(&ws.accum) } else { 0 }, ptr(&ws.partial)))
     }
 
-    /// Enqueues the backward kernels on the backend's stream (see kernels/bwd_sm90.cu for the
-    /// order and what each writes).
-    pub(super) fn launch_backward(&self, plan: &Plan, ptrs: BackwardPtrs) -> Result<()> {
+    /// Enqueues the backward kernels on `stream` (see kernels/bwd_sm90.cu for the order and
+    /// what each writes), growing the workspaces if `may_grow`.
+    pub(super) fn launch_backward(
+        &self,
+        plan: &Plan,
+        ptrs: RawGradTensors,
+        stream: CUstream,
+        may_grow: bool,
+    ) -> Result<()> {
         let l = describe_backward(plan)?;
-        let stream = self.stream.cu_stream();
         self.ctx
             .bind_to_thread()
             .map_err(|e| driver_err("binding the context", e))?;
@@ -88,7 +114,8 @@ impl CudaBackend {
         };
         // Held until every kernel of this call is enqueued (see `workspace`).
         let mut ws = self.workspace.lock().map_err(|_| poisoned())?;
-        let (accum_ptr, partial_ptr) = self.workspace_ptrs(&mut ws, &l, !deterministic)?;
+        let (accum_ptr, partial_ptr) =
+            self.workspace_ptrs(&mut ws, &l, !deterministic, may_grow)?;
         let mut params = l.params;
         params.dq_ptr = ptrs.dq;
         params.dk_ptr = ptrs.dk;

@@ -22,10 +22,12 @@
 //!   pinned NVRTC and embedded in the crate, so a machine with only the NVIDIA driver runs them.
 //!   Variants that are not shipped (or all of them, with `SIGMOID_ATTN_CUDA_JIT=1`) are
 //!   compiled at run time by NVRTC and cached on disk (see `nvrtc.rs`).
-//! - **Caller-owned memory.** [`CudaBackend::forward_raw`] launches on raw device pointers and
-//!   a borrowed `CUstream` (PyTorch's, candle's) on the device's primary context. After
-//!   [`CudaBackend::warm_up`] with the same plan it neither allocates device memory, loads
-//!   modules nor synchronises.
+//! - **Caller-owned memory.** [`CudaBackend::forward_raw`] and [`CudaBackend::backward_raw`]
+//!   launch on raw device pointers and a borrowed `CUstream` (PyTorch's, candle's) on the
+//!   device's primary context. After [`CudaBackend::warm_up`] (forward) or
+//!   [`CudaBackend::warm_up_backward`] (backward) with the same plan they neither allocate
+//!   device memory, load modules nor synchronise; `backward_raw` refuses, rather than
+//!   allocates, when its workspaces were not sized by a warm-up.
 //!
 //! Padding may hold anything (NaN included): keys past a sequence's length are masked, the V
 //! rows of the tail tile past it are zeroed in shared memory, and O rows past `len_q` are
@@ -60,7 +62,8 @@ use crate::{DType, Error, HostTensor, Plan, Result};
 use kernels::{Kernel, Variant};
 use launch::{describe_backward, describe_forward, encode_map, BackwardLaunch, TensorMap};
 
-use backward::{BackwardPtrs, Workspace};
+pub use backward::RawGradTensors;
+use backward::Workspace;
 pub use compile::{compile_backward, compile_forward, KernelBuild};
 pub use cudarc::driver::sys::CUstream;
 
@@ -278,8 +281,37 @@ impl CudaBackend {
             self.seq_table(t)?;
         }
         let mut ws = self.workspace.lock().map_err(|_| poisoned())?;
-        self.workspace_ptrs(&mut ws, &l, !self.is_deterministic())?;
+        self.workspace_ptrs(&mut ws, &l, !self.is_deterministic(), true)?;
         Ok(())
+    }
+
+    /// The backward on caller-owned memory and a caller-owned stream: the training-side twin
+    /// of [`forward_raw`](Self::forward_raw).
+    ///
+    /// `ptrs` are device addresses in this backend's context holding Q, K, V, dO (read) and
+    /// dQ, dK, dV and optionally d_bias (written) with the plan's element strides and dtype
+    /// (d_bias: `batch` f32 values). The kernels are enqueued on `stream` and this returns
+    /// without waiting. It never allocates: call
+    /// [`warm_up_backward`](Self::warm_up_backward) with this plan (or one that needs at least
+    /// as much workspace) in the current dQ mode first; a workspace that is too small is an
+    /// `Error::InvalidBuffer`, and nothing is enqueued.
+    ///
+    /// # Safety
+    ///
+    /// The addresses must point to device allocations large enough for the plan, valid until
+    /// the kernels have run on `stream`; the outputs must not overlap the inputs or each other;
+    /// `stream` must be a live stream of this device's primary context (or null for the legacy
+    /// default stream). Backward calls on one backend share its fp32 workspaces: they must not
+    /// run concurrently on different streams (enqueue them on one stream, or order the streams
+    /// with events), and the same holds between this and [`Backend::backward`].
+    pub unsafe fn backward_raw(
+        &self,
+        plan: &Plan,
+        ptrs: RawGradTensors,
+        stream: CUstream,
+    ) -> Result<()> {
+        self.supports_backward(plan)?;
+        self.launch_backward(plan, ptrs, stream, false)
     }
 
     /// The module of variant `v` (shipped cubin, or compiled at run time), loaded once.
@@ -541,7 +573,7 @@ impl Backend for CudaBackend {
         let (dk, _dk_sync) = args.dk.data.device_ptr(s);
         let (dv, _dv_sync) = args.dv.data.device_ptr(s);
         let d_bias = args.d_bias.as_ref().map(|b| b.data.device_ptr(s));
-        let ptrs = BackwardPtrs {
+        let ptrs = RawGradTensors {
             q,
             k,
             v,
@@ -551,7 +583,7 @@ impl Backend for CudaBackend {
             dv,
             d_bias: d_bias.as_ref().map(|(p, _)| *p),
         };
-        self.launch_backward(plan, ptrs)
+        self.launch_backward(plan, ptrs, s.cu_stream(), true)
     }
 
     fn synchronize(&self) -> Result<()> {
