@@ -166,7 +166,7 @@ def plot(rows, path):
     except ImportError:
         log("matplotlib missing: no plot")
         return False
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9), sharex=True)
     providers = sorted({r["provider"] for r in rows})
     # One colour per provider in every panel, whichever passes it has.
     colour = {p: f"C{i}" for i, p in enumerate(providers)}
@@ -186,10 +186,15 @@ def plot(rows, path):
             ax.set_xlabel("N")
             ax.set_ylabel("TFLOPS")
             ax.grid(alpha=0.3)
+    # One legend for the figure, below the panels, so that no curve hides behind it.
+    handles, labels = {}, {}
     for ax in axes.flat:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    if handles:
+        fig.legend(list(handles.values()), list(handles.keys()), loc="lower center",
+                   ncol=min(4, len(handles)), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.04 + 0.03 * ((len(handles) + 3) // 4), 1, 1))
     fig.savefig(path, dpi=110)
     return True
 
