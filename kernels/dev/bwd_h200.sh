@@ -41,9 +41,10 @@ device() {
     nvidia-smi -L
     local sanitizer
     sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
-    # 1. Deterministic mode: two runs bitwise equal, atomic mode close to it (fast; first, since
-    #    a hang or a crash here says the most with the least time spent).
-    step deterministic 60 "$BIN/cuda_tests" --test-threads=1 --nocapture deterministic_backward
+    # 1. The raw-pointer tests: deterministic mode bitwise repeatable (atomic mode close to it),
+    #    forward_raw and backward_raw on a borrowed stream equal to forward/backward (fast;
+    #    first, since a hang or a crash here says the most with the least time spent).
+    step deterministic 60 "$BIN/cuda_tests" --test-threads=1 --nocapture raw::
     if [ "$LAST_RC" = 137 ]; then
         # A hang: the rest would hang too. Keep the device time; check only the forward.
         SIGMOID_ATTN_CUDA_BACKWARD=0 step conformance_fwd 120 "$BIN/cuda_tests" --test-threads=1 --nocapture conformance
