@@ -133,19 +133,6 @@ __device__ __forceinline__ float consumer_sum(float x, int ct) {
     return s;
 }
 
-/// Packs a 64 x N f32 accumulator (N = 8 * F) into wgmma A fragments (16 columns each): the
-/// accumulator layout after packing pairs is the A-fragment layout, so nothing moves.
-template <int N>
-__device__ __forceinline__ void pack_fragments(const float (&acc)[N / 2], u32 (&f)[N / 16][4]) {
-#pragma unroll
-    for (int kk = 0; kk < N / 16; ++kk) {
-        f[kk][0] = pack2(acc[8 * kk + 0], acc[8 * kk + 1]);
-        f[kk][1] = pack2(acc[8 * kk + 2], acc[8 * kk + 3]);
-        f[kk][2] = pack2(acc[8 * kk + 4], acc[8 * kk + 5]);
-        f[kk][3] = pack2(acc[8 * kk + 6], acc[8 * kk + 7]);
-    }
-}
-
 /// acc(64 x N) = A(64 x kD) B(N x kD)^T, both K-major 128-byte-swizzled tiles in shared memory
 /// (rows of A from `a` + a_row * 128 within each sub-tile; sub-tiles a_sub / b_sub bytes apart).
 /// Used for S^T = K Q^T and dP^T = V dO^T (dkdv) and S = Q K^T, dP = dO V^T (dq).

@@ -210,18 +210,6 @@ __device__ __forceinline__ void sigmoid_mask(float (&s_acc)[kBlockN / 2], Sigmoi
     }
 }
 
-/// Packs P to 16-bit wgmma A fragments: fragment kk takes columns 16kk..16kk+15, which this
-/// thread already holds in the accumulator layout, so no data moves between threads.
-__device__ __forceinline__ void pack_fragments(const float (&s_acc)[kBlockN / 2], u32 (&pf)[kBlockN / 16][4]) {
-#pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
-        pf[kk][0] = pack2(s_acc[8 * kk + 0], s_acc[8 * kk + 1]);
-        pf[kk][1] = pack2(s_acc[8 * kk + 2], s_acc[8 * kk + 3]);
-        pf[kk][2] = pack2(s_acc[8 * kk + 4], s_acc[8 * kk + 5]);
-        pf[kk][3] = pack2(s_acc[8 * kk + 6], s_acc[8 * kk + 7]);
-    }
-}
-
 /// Zeroes the V rows of a tail tile past the sequence's last key (rows >= `valid`), so that
 /// NaN or Inf in padding memory cannot reach O through 0 * NaN. All consumer threads share
 /// the work and meet at a named barrier before any of them reads the tile.
@@ -311,7 +299,7 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
             reg_fence(s_acc);
             if (kReleaseK && lane == 0) mbar_arrive(sm.k_empty(s));
             sigmoid_mask(s_acc, coef, needs_mask(n), row0, n * kBlockN + col_lane, seq.len_k, p.causal);
-            pack_fragments(s_acc, pf);
+            pack_fragments<kBlockN>(s_acc, pf);
             mbar_wait(sm.v_full(s), phase);
             if (kZeroVTail && last && (n + 1) * kBlockN > seq.len_k) zero_v_tail(sm, s, seq.len_k - n * kBlockN);
             gemm_pv<kD>(o, pf, sm, s);
@@ -331,7 +319,7 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
         reg_fence(s_acc);
         if (kReleaseK && lane == 0) mbar_arrive(sm.k_empty(0));
         sigmoid_mask(s_acc, coef, needs_mask(0), row0, col_lane, seq.len_k, p.causal);
-        pack_fragments(s_acc, pf);
+        pack_fragments<kBlockN>(s_acc, pf);
         for (int n = 0; n + 1 < tr.n_end; ++n) {
             const int s = n % kStages, s1 = (n + 1) % kStages;
             mbar_wait(sm.k_full(s1), ((n + 1) / kStages) & 1);
@@ -347,7 +335,7 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
             wgmma_wait<0>();
             reg_fence(o);
             if (lane == 0) mbar_arrive(sm.v_empty(s));
-            pack_fragments(s_acc, pf);
+            pack_fragments<kBlockN>(s_acc, pf);
         }
         {
             const int n = tr.n_end - 1, s = n % kStages;

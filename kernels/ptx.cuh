@@ -162,6 +162,20 @@ __device__ __forceinline__ u32 pack2(float lo, float hi) {
     return r;
 }
 
+/// Packs a 64 x N f32 wgmma accumulator into 16-bit wgmma A fragments (16 columns each): after
+/// pairing neighbours, the accumulator layout is the A-fragment layout, so no data moves
+/// between threads. Used for P (and dS) as the register operand of the next product.
+template <int N>
+__device__ __forceinline__ void pack_fragments(const float (&acc)[N / 2], u32 (&f)[N / 16][4]) {
+#pragma unroll
+    for (int kk = 0; kk < N / 16; ++kk) {
+        f[kk][0] = pack2(acc[8 * kk + 0], acc[8 * kk + 1]);
+        f[kk][1] = pack2(acc[8 * kk + 2], acc[8 * kk + 3]);
+        f[kk][2] = pack2(acc[8 * kk + 4], acc[8 * kk + 5]);
+        f[kk][3] = pack2(acc[8 * kk + 6], acc[8 * kk + 7]);
+    }
+}
+
 /// `tanh.approx.f32`: one MUFU.TANH.
 __device__ __forceinline__ float tanh_approx(float x) {
     float y;
