@@ -86,16 +86,17 @@ impl CudaBackend {
         Ok((if atomic { ptr(&ws.accum) } else { 0 }, ptr(&ws.partial)))
     }
 
-    /// Enqueues the backward kernels on `stream` (see kernels/bwd_sm90.cu for the order and
-    /// what each writes), growing the workspaces if `may_grow`.
+    /// Enqueues the backward kernels `l` describes for `plan` on `stream` (see
+    /// kernels/bwd_sm90.cu for the order and what each writes), growing the workspaces if
+    /// `may_grow`.
     pub(super) fn launch_backward(
         &self,
         plan: &Plan,
+        l: &BackwardLaunch,
         ptrs: RawGradTensors,
         stream: CUstream,
         may_grow: bool,
     ) -> Result<()> {
-        let l = describe_backward(plan)?;
         self.ctx
             .bind_to_thread()
             .map_err(|e| driver_err("binding the context", e))?;
@@ -114,8 +115,7 @@ impl CudaBackend {
         };
         // Held until every kernel of this call is enqueued (see `workspace`).
         let mut ws = self.workspace.lock().map_err(|_| poisoned())?;
-        let (accum_ptr, partial_ptr) =
-            self.workspace_ptrs(&mut ws, &l, !deterministic, may_grow)?;
+        let (accum_ptr, partial_ptr) = self.workspace_ptrs(&mut ws, l, !deterministic, may_grow)?;
         let mut params = l.params;
         params.dq_ptr = ptrs.dq;
         params.dk_ptr = ptrs.dk;

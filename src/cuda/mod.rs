@@ -267,8 +267,7 @@ impl CudaBackend {
     /// Loads the backward kernels and allocates the workspaces and the per-sequence table that
     /// `plan` needs, so that later backward calls with this plan do not allocate or load.
     pub fn warm_up_backward(&self, plan: &Plan) -> Result<()> {
-        self.supports_backward(plan)?;
-        let l = describe_backward(plan)?;
+        let l = self.backward_launch(plan)?;
         for entry in [
             kernels::BWD_DKDV,
             kernels::BWD_DQ,
@@ -310,8 +309,20 @@ impl CudaBackend {
         ptrs: RawGradTensors,
         stream: CUstream,
     ) -> Result<()> {
-        self.supports_backward(plan)?;
-        self.launch_backward(plan, ptrs, stream, false)
+        let l = self.backward_launch(plan)?;
+        self.launch_backward(plan, &l, ptrs, stream, false)
+    }
+
+    /// The launches of the backward of `plan`, or why this backend declines it (switched off,
+    /// or a plan the kernels do not cover).
+    fn backward_launch(&self, plan: &Plan) -> Result<BackwardLaunch> {
+        if !self.backward_enabled {
+            return Err(Error::Unsupported {
+                backend: BACKEND,
+                what: format!("the backward pass (switched off by {BACKWARD_ENV}=0)"),
+            });
+        }
+        describe_backward(plan)
     }
 
     /// The module of variant `v` (shipped cubin, or compiled at run time), loaded once.
@@ -491,13 +502,7 @@ impl Backend for CudaBackend {
     /// Declined when `SIGMOID_ATTN_CUDA_BACKWARD=0` was set when the backend was created, and
     /// for plans the kernels do not cover (as for the forward).
     fn supports_backward(&self, plan: &Plan) -> Result<()> {
-        if !self.backward_enabled {
-            return Err(Error::Unsupported {
-                backend: BACKEND,
-                what: format!("the backward pass (switched off by {BACKWARD_ENV}=0)"),
-            });
-        }
-        describe_backward(plan).map(|_| ())
+        self.backward_launch(plan).map(|_| ())
     }
 
     fn fast_sigmoid_bits(&self) -> Option<u32> {
@@ -562,7 +567,7 @@ impl Backend for CudaBackend {
     }
 
     fn backward(&self, plan: &Plan, args: BackwardArgs<'_, CudaBuffer>) -> Result<()> {
-        self.supports_backward(plan)?;
+        let l = self.backward_launch(plan)?;
         args.check(plan)?;
         let s = &self.stream;
         let (q, _q_sync) = args.q.data.device_ptr(s);
@@ -583,7 +588,7 @@ impl Backend for CudaBackend {
             dv,
             d_bias: d_bias.as_ref().map(|(p, _)| *p),
         };
-        self.launch_backward(plan, ptrs, s.cu_stream(), true)
+        self.launch_backward(plan, &l, ptrs, s.cu_stream(), true)
     }
 
     fn synchronize(&self) -> Result<()> {
