@@ -50,7 +50,7 @@ fn backward_padded_case() {
 #[cfg(feature = "cuda")]
 mod raw {
     use super::common::Rng;
-    use sigmoid_attn::cuda::{CudaBackend, RawGradTensors, RawTensors};
+    use sigmoid_attn::cuda::{CudaBackend, CudaBuffer, RawGradTensors, RawTensors};
     use sigmoid_attn::{Backend, BackwardArgs, DType, Error, HostTensor, Lengths, Plan, Problem};
 
     use cudarc::driver::result::stream::{self, StreamKind};
@@ -136,20 +136,7 @@ mod raw {
         let expected = backward_bytes(&be, &plan, &inputs).unwrap();
 
         be.warm_up_backward(&plan).unwrap();
-        let up = |t: &HostTensor| be.upload(t).unwrap();
-        let (q, k, v, d_o) = (
-            up(&inputs[0]),
-            up(&inputs[1]),
-            up(&inputs[2]),
-            up(&inputs[3]),
-        );
-        let nan = |dtype, len| up(&HostTensor::filled(dtype, len, f32::NAN));
-        let (dq, dk, dv) = (
-            nan(dt, plan.q_elems()),
-            nan(dt, plan.k_elems()),
-            nan(dt, plan.v_elems()),
-        );
-        let db = nan(DType::F32, plan.batch());
+        let [q, k, v, d_o, dq, dk, dv, db] = backward_tensors(&be, &plan, &inputs).unwrap();
         be.synchronize().unwrap();
         let s = be.stream();
         let ptr = |b: &sigmoid_attn::cuda::CudaBuffer| b.as_slice().device_ptr(s).0;
@@ -193,25 +180,35 @@ mod raw {
         );
     }
 
+    /// The backward's device tensors: Q, K, V, dO uploaded from `inputs`, then dQ, dK, dV and
+    /// d_bias filled with NaN.
+    fn backward_tensors(
+        be: &CudaBackend,
+        plan: &Plan,
+        inputs: &[HostTensor; 4],
+    ) -> Result<[CudaBuffer; 8], Error> {
+        let dt = plan.dtype();
+        let up = |t: &HostTensor| be.upload(t);
+        let nan = |dtype, len| be.upload(&HostTensor::filled(dtype, len, f32::NAN));
+        Ok([
+            up(&inputs[0])?,
+            up(&inputs[1])?,
+            up(&inputs[2])?,
+            up(&inputs[3])?,
+            nan(dt, plan.q_elems())?,
+            nan(dt, plan.k_elems())?,
+            nan(dt, plan.v_elems())?,
+            nan(DType::F32, plan.batch())?,
+        ])
+    }
+
     /// One backward on fresh NaN-poisoned outputs: the bytes of dQ, dK, dV and d_bias.
     fn backward_bytes(
         be: &CudaBackend,
         plan: &Plan,
         inputs: &[HostTensor; 4],
     ) -> Result<[Vec<u8>; 4], Error> {
-        let dt = plan.dtype();
-        let up = |t: &HostTensor| be.upload(t);
-        let (q, k, v, d_o) = (
-            up(&inputs[0])?,
-            up(&inputs[1])?,
-            up(&inputs[2])?,
-            up(&inputs[3])?,
-        );
-        let nan = |dtype, len| be.upload(&HostTensor::filled(dtype, len, f32::NAN));
-        let mut dq = nan(dt, plan.q_elems())?;
-        let mut dk = nan(dt, plan.k_elems())?;
-        let mut dv = nan(dt, plan.v_elems())?;
-        let mut db = nan(DType::F32, plan.batch())?;
+        let [q, k, v, d_o, mut dq, mut dk, mut dv, mut db] = backward_tensors(be, plan, inputs)?;
         be.backward(
             plan,
             BackwardArgs {

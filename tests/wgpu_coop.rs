@@ -150,17 +150,7 @@ fn coop_and_scalar_agree() {
                 continue;
             };
             let got = run(true);
-            let err = got
-                .iter()
-                .zip(&want)
-                .map(|(x, y)| {
-                    if x.is_nan() {
-                        f64::INFINITY
-                    } else {
-                        (x - y).abs()
-                    }
-                })
-                .fold(0.0f64, f64::max);
+            let err = max_diff(&got, &want);
             let ok = err <= 4e-3 * scale.max(1e-3);
             println!(
                 "{} d={d} {t:?} vs scalar: max |diff| {err:.3e}, max |o| {scale:.3e}",
@@ -231,17 +221,7 @@ fn coop_and_scalar_agree_backward() {
             .zip(got.iter().zip(&want))
         {
             let scale = y.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-            let err = x
-                .iter()
-                .zip(y)
-                .map(|(a, b)| {
-                    if a.is_nan() {
-                        f64::INFINITY
-                    } else {
-                        (a - b).abs()
-                    }
-                })
-                .fold(0.0f64, f64::max);
+            let err = max_diff(x, y);
             let ok = err <= 4e-3 * scale.max(1e-3);
             println!(
                 "{} d={d} {name} coop vs scalar: max |diff| {err:.3e}, max |ref| {scale:.3e}",
@@ -258,4 +238,18 @@ fn coop_and_scalar_agree_backward() {
         "coop and scalar backward differ:\n{}",
         bad.join("\n")
     );
+}
+
+/// Largest |got − want| over the elements, infinite where `got` is NaN.
+fn max_diff(got: &[f64], want: &[f64]) -> f64 {
+    got.iter()
+        .zip(want)
+        .map(|(x, y)| {
+            if x.is_nan() {
+                f64::INFINITY
+            } else {
+                (x - y).abs()
+            }
+        })
+        .fold(0.0f64, f64::max)
 }

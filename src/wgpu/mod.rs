@@ -801,16 +801,7 @@ impl Backend for WgpuBackend {
         a.check(plan)?;
         self.scoped(|| {
             let mut enc = self.device.create_command_encoder(&Default::default());
-            let bufs = BackwardBuffers {
-                q: &a.q.buffer,
-                k: &a.k.buffer,
-                v: &a.v.buffer,
-                d_o: &a.d_o.buffer,
-                dq: &a.dq.buffer,
-                dk: &a.dk.buffer,
-                dv: &a.dv.buffer,
-                d_bias: a.d_bias.as_deref().map(|b| &b.buffer),
-            };
+            let bufs = BackwardBuffers::of(&a);
             let slot = self.session_slot();
             let timing = slot.as_ref().map(|(qs, i)| (qs, *i));
             self.record_backward(&mut enc, plan, bufs, timing)?;

@@ -277,25 +277,19 @@ impl Tiles {
 
 /// The best tile shape of `kernel` for head dim `d` under `limits`, or `None`.
 pub fn choose_tiles(kernel: Kernel, d: u32, limits: &TileLimits) -> Option<Tiles> {
-    candidates(kernel)
-        .iter()
-        .map(|&(rows, cols, tm, tn, dc, kc)| Tiles {
-            d,
-            rows,
-            cols,
-            tm,
-            tn,
-            dc,
-            kc,
-        })
-        .find(|t| t.fits(kernel, limits))
+    shapes(kernel, d).find(|t| t.fits(kernel, limits))
 }
 
 /// Every shape `choose_tiles` can return for some head dim and limits (for validation tests).
 pub fn all_tiles(kernel: Kernel, d: u32) -> Vec<Tiles> {
+    shapes(kernel, d).filter(|t| t.valid(kernel)).collect()
+}
+
+/// The candidate shapes of `kernel` at head dim `d`, best first.
+fn shapes(kernel: Kernel, d: u32) -> impl Iterator<Item = Tiles> {
     candidates(kernel)
         .iter()
-        .map(|&(rows, cols, tm, tn, dc, kc)| Tiles {
+        .map(move |&(rows, cols, tm, tn, dc, kc)| Tiles {
             d,
             rows,
             cols,
@@ -304,8 +298,6 @@ pub fn all_tiles(kernel: Kernel, d: u32) -> Vec<Tiles> {
             dc,
             kc,
         })
-        .filter(|t| t.valid(kernel))
-        .collect()
 }
 
 /// Identifies one specialised pipeline.

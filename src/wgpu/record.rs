@@ -37,6 +37,22 @@ pub struct BackwardBuffers<'a> {
     pub d_bias: Option<&'a wgpu::Buffer>,
 }
 
+impl<'a> BackwardBuffers<'a> {
+    /// The wgpu buffers behind the backend-owned tensors of a `Backend::backward` call.
+    pub(super) fn of(a: &'a BackwardArgs<'_, WgpuBuffer>) -> Self {
+        BackwardBuffers {
+            q: &a.q.buffer,
+            k: &a.k.buffer,
+            v: &a.v.buffer,
+            d_o: &a.d_o.buffer,
+            dq: &a.dq.buffer,
+            dk: &a.dk.buffer,
+            dv: &a.dv.buffer,
+            d_bias: a.d_bias.as_deref().map(|b| &b.buffer),
+        }
+    }
+}
+
 impl WgpuBackend {
     /// The binding of a tensor of `elems` elements: the part of `buf` it occupies, or a dummy
     /// for an empty tensor.

@@ -58,16 +58,7 @@ impl WgpuBackend {
     ) -> Result<Vec<f64>> {
         self.supports_backward(plan)?;
         args.check(plan)?;
-        let bufs = BackwardBuffers {
-            q: &args.q.buffer,
-            k: &args.k.buffer,
-            v: &args.v.buffer,
-            d_o: &args.d_o.buffer,
-            dq: &args.dq.buffer,
-            dk: &args.dk.buffer,
-            dv: &args.dv.buffer,
-            d_bias: args.d_bias.as_deref().map(|b| &b.buffer),
-        };
+        let bufs = BackwardBuffers::of(&args);
         self.timed(iters, |enc, ts| {
             self.record_backward(enc, plan, bufs, Some(ts))
         })
