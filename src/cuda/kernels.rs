@@ -291,25 +291,28 @@ mod tests {
         assert!(src.contains("sigmoid_attn_fwd"));
     }
 
+    /// The integer constant `name` of the specialisation `strukt<d>` in config.cuh.
+    fn config_value(strukt: &str, d: usize, name: &str) -> usize {
+        let text = SOURCES.iter().find(|(n, _)| *n == "config.cuh").unwrap().1;
+        let start = text
+            .find(&format!("struct {strukt}<{d}> {{"))
+            .unwrap_or_else(|| panic!("{strukt}<{d}> specialisation"));
+        let body = &text[start..start + text[start..].find("};").unwrap()];
+        let at = body.find(&format!("{name} = ")).expect(name) + name.len() + 3;
+        body[at..]
+            .split(';')
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
     /// `TileConfig` mirrors `FwdConfig<D>` in config.cuh: read the numbers back from the header.
     #[test]
     fn tile_config_matches_config_cuh() {
-        let text = SOURCES.iter().find(|(n, _)| *n == "config.cuh").unwrap().1;
         for d in [64usize, 128] {
-            let start = text
-                .find(&format!("struct FwdConfig<{d}> {{"))
-                .expect("specialisation");
-            let body = &text[start..start + text[start..].find("};").unwrap()];
-            let value = |name: &str| -> usize {
-                let at = body.find(&format!("{name} = ")).expect(name) + name.len() + 3;
-                body[at..]
-                    .split(';')
-                    .next()
-                    .unwrap()
-                    .trim()
-                    .parse()
-                    .unwrap()
-            };
+            let value = |name| config_value("FwdConfig", d, name);
             let t = TileConfig::for_head_dim(d).unwrap();
             assert_eq!(t.block_m, value("kBlockM"), "d{d}");
             assert_eq!(t.block_n, value("kBlockN"), "d{d}");
@@ -320,22 +323,8 @@ mod tests {
     /// `BwdTiles` mirrors `BwdConfig<D>` in config.cuh.
     #[test]
     fn bwd_tiles_match_config_cuh() {
-        let text = SOURCES.iter().find(|(n, _)| *n == "config.cuh").unwrap().1;
         for d in [64, 128] {
-            let start = text
-                .find(&format!("struct BwdConfig<{d}> {{"))
-                .expect("BwdConfig specialisation");
-            let body = &text[start..start + text[start..].find("};").unwrap()];
-            let value = |name: &str| -> usize {
-                let at = body.find(&format!("{name} = ")).expect(name) + name.len() + 3;
-                body[at..]
-                    .split(';')
-                    .next()
-                    .unwrap()
-                    .trim()
-                    .parse()
-                    .unwrap()
-            };
+            let value = |name| config_value("BwdConfig", d, name);
             let t = BwdTiles::for_head_dim(d);
             assert_eq!(t.key_block, value("kKeyBlock"), "d{d}");
             assert_eq!(t.query_tile, value("kQueryTile"), "d{d}");
