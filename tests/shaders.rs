@@ -100,20 +100,17 @@ fn check_variant(
 
 /// The tile shapes to check for `kernel`: every one the backend picks for a head dim in
 /// 4..=256 under each profile, plus every candidate shape at a few head dims.
-fn tile_sets(kernel: Kernel) -> BTreeSet<(u32, u32, u32, u32, u32, u32, u32)> {
-    let key = |t: Tiles| (t.d, t.rows, t.cols, t.tm, t.tn, t.dc, t.kc);
+fn tile_sets(kernel: Kernel) -> BTreeSet<Tiles> {
     let mut set = BTreeSet::new();
     for d in (4..=256).step_by(4) {
         for p in &PROFILES {
             if let Some(t) = choose_tiles(kernel, d, p) {
-                set.insert(key(t));
+                set.insert(t);
             }
         }
     }
     for d in [4, 16, 20, 36, 64, 80, 128, 252, 256] {
-        for t in all_tiles(kernel, d) {
-            set.insert(key(t));
-        }
+        set.extend(all_tiles(kernel, d));
     }
     set
 }
@@ -163,16 +160,7 @@ fn every_shader_variant_validates_and_translates() {
                 ]
             } else {
                 let mut v = Vec::new();
-                for (i, &(d, rows, cols, tm, tn, dc, kc)) in tile_sets(kernel).iter().enumerate() {
-                    let t = Tiles {
-                        d,
-                        rows,
-                        cols,
-                        tm,
-                        tn,
-                        dc,
-                        kc,
-                    };
+                for (i, &t) in tile_sets(kernel).iter().enumerate() {
                     // Causal and sigmoid mode only switch code paths: every combination on
                     // a rotating subset keeps the test quick yet covers each with every tile.
                     for causal in [false, true] {

@@ -142,7 +142,7 @@ const MAX_O: u32 = 32;
 
 /// Tile shape of one kernel for one head dim. `rows` are the tile's own rows (queries for the
 /// forward and dQ, keys for dK/dV), `cols` the rows it streams through (keys, resp. queries).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Tiles {
     /// Head dim.
     pub d: u32,
