@@ -50,8 +50,8 @@ fn backward_padded_case() {
 #[cfg(feature = "cuda")]
 mod raw {
     use super::common::Rng;
-    use sigmoid_attn::cuda::{CudaBackend, CudaBuffer, RawGradTensors, RawTensors};
-    use sigmoid_attn::{Backend, BackwardArgs, DType, Error, HostTensor, Lengths, Plan, Problem};
+    use sigmoid_attn::cuda::{CudaBackend, RawGradTensors, RawTensors};
+    use sigmoid_attn::{Backend, DType, Error, HostTensor, Lengths, Plan, Problem};
 
     use cudarc::driver::result::stream::{self, StreamKind};
     use cudarc::driver::sys::CUevent_flags;
@@ -136,7 +136,8 @@ mod raw {
         let expected = backward_bytes(&be, &plan, &inputs).unwrap();
 
         be.warm_up_backward(&plan).unwrap();
-        let [q, k, v, d_o, dq, dk, dv, db] = backward_tensors(&be, &plan, &inputs).unwrap();
+        let [q, k, v, d_o, dq, dk, dv, db] =
+            super::common::backward_buffers(&be, &plan, &inputs).unwrap();
         be.synchronize().unwrap();
         let s = be.stream();
         let ptr = |b: &sigmoid_attn::cuda::CudaBuffer| b.as_slice().device_ptr(s).0;
@@ -180,54 +181,13 @@ mod raw {
         );
     }
 
-    /// The backward's device tensors: Q, K, V, dO uploaded from `inputs`, then dQ, dK, dV and
-    /// d_bias filled with NaN.
-    fn backward_tensors(
-        be: &CudaBackend,
-        plan: &Plan,
-        inputs: &[HostTensor; 4],
-    ) -> Result<[CudaBuffer; 8], Error> {
-        let dt = plan.dtype();
-        let up = |t: &HostTensor| be.upload(t);
-        let nan = |dtype, len| be.upload(&HostTensor::filled(dtype, len, f32::NAN));
-        Ok([
-            up(&inputs[0])?,
-            up(&inputs[1])?,
-            up(&inputs[2])?,
-            up(&inputs[3])?,
-            nan(dt, plan.q_elems())?,
-            nan(dt, plan.k_elems())?,
-            nan(dt, plan.v_elems())?,
-            nan(DType::F32, plan.batch())?,
-        ])
-    }
-
     /// One backward on fresh NaN-poisoned outputs: the bytes of dQ, dK, dV and d_bias.
     fn backward_bytes(
         be: &CudaBackend,
         plan: &Plan,
         inputs: &[HostTensor; 4],
     ) -> Result<[Vec<u8>; 4], Error> {
-        let [q, k, v, d_o, mut dq, mut dk, mut dv, mut db] = backward_tensors(be, plan, inputs)?;
-        be.backward(
-            plan,
-            BackwardArgs {
-                q: &q,
-                k: &k,
-                v: &v,
-                d_o: &d_o,
-                dq: &mut dq,
-                dk: &mut dk,
-                dv: &mut dv,
-                d_bias: Some(&mut db),
-            },
-        )?;
-        Ok([
-            be.download(&dq)?.as_bytes().to_vec(),
-            be.download(&dk)?.as_bytes().to_vec(),
-            be.download(&dv)?.as_bytes().to_vec(),
-            be.download(&db)?.as_bytes().to_vec(),
-        ])
+        Ok(super::common::backward_outputs(be, plan, inputs)?.map(|t| t.as_bytes().to_vec()))
     }
 
     /// Deterministic mode: two backward runs give bitwise equal dQ, dK, dV and d_bias; the

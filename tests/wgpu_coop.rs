@@ -11,7 +11,7 @@ conformance!(wgpu_coop, sigmoid_attn::wgpu::WgpuBackend::new_coop);
 
 use sigmoid_attn::wgpu::coop::CoopTiles;
 use sigmoid_attn::wgpu::WgpuBackend;
-use sigmoid_attn::{Backend, BackwardArgs, DType, Error, Lengths, Problem};
+use sigmoid_attn::{Backend, DType, Error, Lengths, Problem};
 
 fn coop_backend(test: &str) -> Option<WgpuBackend> {
     match WgpuBackend::new_coop() {
@@ -185,34 +185,19 @@ fn coop_and_scalar_agree_backward() {
             .plan()
             .unwrap();
         let mut rng = common::Rng::new(11);
-        let up = |t| be.upload(&t).unwrap();
-        let q = up(rng.tensor(DType::F16, plan.q_elems()));
-        let k = up(rng.tensor(DType::F16, plan.k_elems()));
-        let v = up(rng.tensor(DType::F16, plan.v_elems()));
-        let g = up(rng.tensor(DType::F16, plan.o_elems()));
+        let inputs = [
+            plan.q_elems(),
+            plan.k_elems(),
+            plan.v_elems(),
+            plan.o_elems(),
+        ]
+        .map(|n| rng.tensor(DType::F16, n));
         let run = |coop: bool| {
             be.set_coop(coop);
             assert_eq!(be.uses_coop_backward(&plan), coop);
-            let alloc = |dt, n| be.alloc(dt, n).unwrap();
-            let mut dq = alloc(DType::F16, plan.q_elems());
-            let mut dk = alloc(DType::F16, plan.k_elems());
-            let mut dv = alloc(DType::F16, plan.v_elems());
-            let mut db = alloc(DType::F32, plan.batch());
-            be.backward(
-                &plan,
-                BackwardArgs {
-                    q: &q,
-                    k: &k,
-                    v: &v,
-                    d_o: &g,
-                    dq: &mut dq,
-                    dk: &mut dk,
-                    dv: &mut dv,
-                    d_bias: Some(&mut db),
-                },
-            )
-            .unwrap();
-            [dq, dk, dv, db].map(|b| be.download(&b).unwrap().to_f64())
+            common::backward_outputs(&be, &plan, &inputs)
+                .unwrap()
+                .map(|t| t.to_f64())
         };
         let want = run(false);
         let got = run(true);

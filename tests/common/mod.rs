@@ -385,30 +385,60 @@ fn run_backward<B: Backend>(
     v: &HostTensor,
     d_o: &HostTensor,
 ) -> Result<Vec<Vec<f64>>, Error> {
-    let (qd, kd, vd, dod) = (be.upload(q)?, be.upload(k)?, be.upload(v)?, be.upload(d_o)?);
+    let inputs = [q.clone(), k.clone(), v.clone(), d_o.clone()];
+    Ok(backward_outputs(be, plan, &inputs)?
+        .iter()
+        .map(HostTensor::to_f64)
+        .collect())
+}
+
+/// The backward's device tensors on `be`: Q, K, V, dO uploaded from `inputs`, then dQ, dK, dV
+/// and d_bias (f32 × batch) filled with NaN, so that an element a kernel forgets stays NaN.
+pub fn backward_buffers<B: Backend>(
+    be: &B,
+    plan: &Plan,
+    inputs: &[HostTensor; 4],
+) -> Result<[B::Buffer; 8], Error> {
     let dt = plan.dtype();
-    let mut dq = poisoned(be, dt, plan.q_elems())?;
-    let mut dk = poisoned(be, dt, plan.k_elems())?;
-    let mut dv = poisoned(be, dt, plan.v_elems())?;
-    let mut db = poisoned(be, DType::F32, plan.batch())?;
+    let up = |t: &HostTensor| be.upload(t);
+    Ok([
+        up(&inputs[0])?,
+        up(&inputs[1])?,
+        up(&inputs[2])?,
+        up(&inputs[3])?,
+        poisoned(be, dt, plan.q_elems())?,
+        poisoned(be, dt, plan.k_elems())?,
+        poisoned(be, dt, plan.v_elems())?,
+        poisoned(be, DType::F32, plan.batch())?,
+    ])
+}
+
+/// One backward of `plan` on `be` from `inputs` (Q, K, V, dO) into NaN-poisoned outputs: dQ,
+/// dK, dV and d_bias, downloaded.
+pub fn backward_outputs<B: Backend>(
+    be: &B,
+    plan: &Plan,
+    inputs: &[HostTensor; 4],
+) -> Result<[HostTensor; 4], Error> {
+    let [q, k, v, d_o, mut dq, mut dk, mut dv, mut db] = backward_buffers(be, plan, inputs)?;
     be.backward(
         plan,
         BackwardArgs {
-            q: &qd,
-            k: &kd,
-            v: &vd,
-            d_o: &dod,
+            q: &q,
+            k: &k,
+            v: &v,
+            d_o: &d_o,
             dq: &mut dq,
             dk: &mut dk,
             dv: &mut dv,
             d_bias: Some(&mut db),
         },
     )?;
-    Ok(vec![
-        be.download(&dq)?.to_f64(),
-        be.download(&dk)?.to_f64(),
-        be.download(&dv)?.to_f64(),
-        be.download(&db)?.to_f64(),
+    Ok([
+        be.download(&dq)?,
+        be.download(&dk)?,
+        be.download(&dv)?,
+        be.download(&db)?,
     ])
 }
 
