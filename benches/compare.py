@@ -226,11 +226,11 @@ def main():
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     dims, seqs, pads = ([int(x) for x in s.split(",")] for s in (a.d, a.n, a.pad))
-    extra = ["--d", a.d, "--n", a.n, "--pad", a.pad, "--reps", a.reps]
+    shape = ["--d", a.d, "--n", a.n, "--pad", a.pad]
     rows = []
     if a.ours:
-        rows += run_ours(a.ours, "cuda", "bf16", a.out, extra)
-        wgpu_extra = extra[:-1] + [a.wgpu_reps]
+        rows += run_ours(a.ours, "cuda", "bf16", a.out, shape + ["--reps", a.reps])
+        wgpu_extra = shape + ["--reps", a.wgpu_reps]
         if a.wgpu:
             rows += run_ours(a.ours, "wgpu", "f16", a.out, wgpu_extra)
         if a.wgpu_scalar:
