@@ -18,6 +18,12 @@ struct FwdConfig<64> {
     static constexpr bool kPingPong = true;
 };
 
+/// Both head dims launch one CTA per output tile. Measured on an H200 (third session, bf16, A/B
+/// in one run) and dropped: a persistent grid (one CTA per SM walking tiles, the next tile's Q
+/// loaded as soon as the last S GEMM of the current one has read Q): D=128 1k/4k/16k 477/565/
+/// 603 against 468/567/616, D=64 357/441/464 against 352/460/494 TFLOPS (the inner loop's SASS
+/// was the same within a dozen instructions; kernels/dev/experiments/fwd_persistent.patch, against 849cd3a).
+///
 /// D = 128: Q 32 KiB + 2 x (K 32 KiB + V 32 KiB) = 160 KiB of shared memory. Measured on an
 /// H200 (bf16, N = 4k/16k): 128 x 176 tiles, 192 x 128 tiles and a 3-deep ring were all slower
 /// (557-598 against 611-625).
@@ -51,7 +57,9 @@ struct FwdConfigOverride {
 /// consumer warpgroups; dQ kernel: two warpgroups. Tried on an H200 (bf16, N = 16k, A/B in one
 /// run) and dropped: consumer warpgroups taking turns on the S^T / dP^T GEMMs (D=64 425 against
 /// 438 TFLOPS, D=128 511 against 513); S^T and dP^T as two wgmma groups with P and dV started
-/// while dP^T runs (D=64 406 against 429, D=128 504 against 523).
+/// while dP^T runs (D=64 406 against 429, D=128 504 against 523); each key block starting its
+/// walk over the query tiles at its own offset, so that co-resident CTAs add into different dQ
+/// rows (third session: D=64 400 against 437, D=128 507 against 496 — noise-level gain at D=128).
 template <int D>
 struct BwdConfig;
 
