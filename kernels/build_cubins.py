@@ -17,7 +17,7 @@ from the manifest, or when the recompiled cubin differs from the committed one.
 --sass disassembles each entry (cuobjdump and nvdisasm from the PyPI wheels
 `nvidia-cuda-cuobjdump==13.5.37` and `nvidia-cuda-nvdisasm==13.5.37`) and fails when an entry
 that computes attention products has no HGMMA (tensor-core) instruction or when any entry uses
-local memory (LDL/STL); it prints the counts (HGMMA, MUFU, STSM, REDG) per entry.
+local memory (LDL/STL); it prints the counts (HGMMA, MUFU, STSM, REDG, UBLKRED) per entry.
 """
 import argparse
 import ctypes
@@ -216,11 +216,14 @@ class SassAudit:
                     "MUFU": len(re.findall(r"\bMUFU\.", text)),
                     "STSM": len(re.findall(r"\bSTSM\b", text)),
                     "REDG": len(re.findall(r"\bREDG\.", text)),
+                    "UBLKRED": len(re.findall(r"\bUBLKRED\.", text)),
                     "local": len(re.findall(r"\b(?:LDL|STL)\b", text)),
                 }
                 counts[entry] = c
                 if entry in TENSOR_ENTRIES and c["HGMMA"] == 0:
                     bad.append(f"{entry}: no HGMMA in the SASS (wgmma lost)")
+                if entry == "sigmoid_attn_bwd_dkdv" and c["UBLKRED"] == 0:
+                    bad.append(f"{entry}: no UBLKRED (the bulk reduction of dQ was lost)")
                 if c["local"]:
                     bad.append(f"{entry}: {c['local']} local-memory instructions (LDL/STL)")
         return counts, bad

@@ -219,11 +219,36 @@ __device__ __forceinline__ void stmatrix_x4_trans(u32 addr, u32 r0, u32 r1, u32 
                  : "memory");
 }
 
-/// `red.global.add.v4.f32`: four fp32 reductions into 16 contiguous, 16-byte aligned bytes in
-/// one instruction (sm_90).
-__device__ __forceinline__ void red_add_v4_f32(float* p, float a, float b, float c, float d) {
-    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "f"(a), "f"(b), "f"(c), "f"(d)
+/// `st.shared.v4.f32`: 16 bytes at a 16-byte aligned shared address.
+__device__ __forceinline__ void st_shared_v4_f32(u32 addr, float a, float b, float c, float d) {
+    asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "f"(a), "f"(b), "f"(c), "f"(d)
                  : "memory");
+}
+
+// ---------------------------------------------------------------- bulk (non-tensor) async copies
+
+/// `cp.reduce.async.bulk .add.f32`: adds `bytes` (a multiple of 16) of fp32 values from shared
+/// memory into global memory, element by element, in the executing thread's current bulk group.
+__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, u32 src, u32 bytes) {
+    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst),
+                 "r"(src), "r"(bytes)
+                 : "memory");
+}
+
+/// `cp.async.bulk.commit_group`: closes the executing thread's current bulk group.
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+
+/// Waits until at most N of the executing thread's bulk groups have not finished reading their
+/// shared-memory sources.
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+    asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+
+/// Waits until at most N of the executing thread's bulk groups are incomplete.
+template <int N>
+__device__ __forceinline__ void bulk_wait() {
+    asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 /// Byte offset of element (row, col) of a tile of 16-bit elements stored as rows of 128 bytes

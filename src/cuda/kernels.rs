@@ -89,8 +89,10 @@ impl BwdTiles {
         let qdo = self.query_tile * d * 2;
         // Two dS tiles of query_tile x key_block 16-bit values (`2 * 2 * kDsBytes`).
         let ds = self.query_tile * self.key_block * 2;
+        // Two staging buffers per consumer warpgroup for its 64 x 64 fp32 dQ share.
+        let dq_stage = 2 * 2 * 64 * 64 * 4;
         let barriers = 8 * (4 + 2 * self.stages + 4);
-        (1024 + 2 * kv + 2 * self.stages * qdo + 2 * ds + barriers) as u32
+        (1024 + 2 * kv + 2 * self.stages * qdo + 2 * ds + dq_stage + barriers) as u32
     }
 
     /// Dynamic shared memory of the dQ kernel (`kDqSmemBytes` in bwd_sm90.cu).
@@ -334,8 +336,8 @@ mod tests {
         }
         // Shared memory as the kernel computes it (bwd_sm90.cu).
         let (t64, t128) = (BwdTiles::for_head_dim(64), BwdTiles::for_head_dim(128));
-        assert_eq!(t128.dkdv_smem_bytes(128), 164_960);
-        assert_eq!(t64.dkdv_smem_bytes(64), 164_960);
+        assert_eq!(t128.dkdv_smem_bytes(128), 230_496);
+        assert_eq!(t64.dkdv_smem_bytes(64), 230_496);
         assert_eq!(t128.dq_smem_bytes(128), 132_120);
     }
 

@@ -50,18 +50,19 @@ impl Rng {
     }
 }
 
-/// A seed that differs per case and per run (fresh inputs), printed so a failure can be
-/// replayed with `SIGMOID_ATTN_SEED`.
+/// A seed that differs per case and per run (fresh inputs), printed so that a failure can be
+/// replayed: `SIGMOID_ATTN_SEED=<printed seed>` gives every case exactly that seed.
 pub fn seed_for(name: &str) -> u64 {
-    let base = std::env::var("SIGMOID_ATTN_SEED")
+    if let Some(seed) = std::env::var("SIGMOID_ATTN_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
+    {
+        return seed;
+    }
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
     name.bytes().fold(base, |h, c| {
         h.wrapping_mul(0x100_0000_01B3).wrapping_add(c as u64)
     })
