@@ -21,7 +21,11 @@
 //! - **Kernels.** `kernels/fwd_sm90.cu` and `kernels/bwd_sm90.cu`, compiled ahead by `kernels/build_cubins.py` with a
 //!   pinned NVRTC and embedded in the crate, so a machine with only the NVIDIA driver runs them.
 //!   Variants that are not shipped (or all of them, with `SIGMOID_ATTN_CUDA_JIT=1`) are
-//!   compiled at run time by NVRTC and cached on disk (see `nvrtc.rs`).
+//!   compiled at run time by NVRTC and cached on disk (see `nvrtc.rs`). For kernel
+//!   development, `SIGMOID_ATTN_CUDA_CUBIN_DIR=<dir>` at creation loads `<dir>/<variant>.cubin`
+//!   (e.g. `fwd_bf16_d128_fast.cubin`) where that file exists, so that one binary can time
+//!   several builds of a kernel (`kernels/dev/build_experiments.py`); such a cubin must keep
+//!   the shipped variant's parameters and shared-memory size.
 //! - **Caller-owned memory.** [`CudaBackend::forward_raw`] and [`CudaBackend::backward_raw`]
 //!   launch on raw device pointers and a borrowed `CUstream` (PyTorch's, candle's) on the
 //!   device's primary context. After [`CudaBackend::warm_up`] (forward) or
@@ -127,12 +131,18 @@ pub const BACKWARD_ENV: &str = "SIGMOID_ATTN_CUDA_BACKWARD";
 /// Environment variable that makes the backward deterministic by default (`1`).
 pub const DETERMINISTIC_ENV: &str = "SIGMOID_ATTN_CUDA_DETERMINISTIC";
 
+/// Read when the backend is created: a directory of development cubins that replace the
+/// shipped ones of the same name (see the module docs).
+pub const CUBIN_DIR_ENV: &str = "SIGMOID_ATTN_CUDA_CUBIN_DIR";
+
 /// The Hopper backend on one device (its primary context).
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     device: String,
     jit: bool,
+    /// `SIGMOID_ATTN_CUDA_CUBIN_DIR` at creation.
+    cubin_dir: Option<std::path::PathBuf>,
     backward_enabled: bool,
     deterministic: AtomicBool,
     modules: Mutex<HashMap<Variant, Arc<CudaModule>>>,
@@ -194,6 +204,9 @@ impl CudaBackend {
             stream,
             device: format!("{name} (sm_90a, device {ordinal})"),
             jit: env_on("SIGMOID_ATTN_CUDA_JIT"),
+            cubin_dir: std::env::var_os(CUBIN_DIR_ENV)
+                .filter(|dir| !dir.is_empty())
+                .map(std::path::PathBuf::from),
             backward_enabled: !env_is(BACKWARD_ENV, "0"),
             deterministic: AtomicBool::new(env_on(DETERMINISTIC_ENV)),
             modules: Mutex::new(HashMap::new()),
@@ -325,18 +338,33 @@ impl CudaBackend {
         describe_backward(plan)
     }
 
-    /// The module of variant `v` (shipped cubin, or compiled at run time), loaded once.
+    /// The module of variant `v` (a development cubin, the shipped cubin, or compiled at run
+    /// time), loaded once.
     fn module(&self, v: Variant) -> Result<Arc<CudaModule>> {
         let mut map = self.modules.lock().map_err(|_| poisoned())?;
         if let Some(m) = map.get(&v) {
             return Ok(m.clone());
         }
-        let cubin = match v.shipped_cubin() {
-            Some(c) if !self.jit => c.to_vec(),
-            _ => {
-                let source = kernels::flatten(v.source())
-                    .ok_or_else(|| unavailable("kernel sources missing from the build"))?;
-                nvrtc::compile_cached(&v.name(), v.source(), &source, &v.nvrtc_options())?.cubin
+        let dev_cubin = self
+            .cubin_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{}.cubin", v.name())))
+            .filter(|path| path.is_file());
+        let cubin = if let Some(path) = dev_cubin {
+            std::fs::read(&path).map_err(|e| {
+                unavailable(format!(
+                    "cannot read {} ({CUBIN_DIR_ENV}): {e}",
+                    path.display()
+                ))
+            })?
+        } else {
+            match v.shipped_cubin() {
+                Some(c) if !self.jit => c.to_vec(),
+                _ => {
+                    let source = kernels::flatten(v.source())
+                        .ok_or_else(|| unavailable("kernel sources missing from the build"))?;
+                    nvrtc::compile_cached(&v.name(), v.source(), &source, &v.nvrtc_options())?.cubin
+                }
             }
         };
         let module = self

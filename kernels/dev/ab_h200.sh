@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# A/B of kernel builds on an H200 in ONE device call and with ONE bench binary: the shipped
+# cubins against experiment builds (kernels/dev/build_experiments.py --name NAME), loaded through
+# SIGMOID_ATTN_CUDA_CUBIN_DIR. Runs every build twice in the order shipped, NAME..., shipped,
+# NAME... (so drift over the call shows) and prints one table of TFLOPS at the end.
+#
+#   bash kernels/dev/bwd_h200.sh prepare                            # here: target/h200
+#   python3 kernels/dev/build_experiments.py --name exp1 -DSA_...   # here: kernels/dev/cubin/exp1
+#   run(command="bash kernels/dev/ab_h200.sh bwd exp1 exp2 -- --d 128 --n 4096,16384",
+#       carry=["target/h200", "kernels/dev/cubin"])
+#
+# PASS is fwd or bwd; options after -- go to bench_table (default: --pad 0 --n 4096,16384).
+# Correctness of an experiment: SIGMOID_ATTN_CUDA_CUBIN_DIR=kernels/dev/cubin/NAME
+# target/h200/cuda_tests --test-threads=1 conformance (and raw:: for deterministic mode).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+BIN=target/h200/bench_table
+OUT=${OUT:-/tmp/sa-ab-out}
+mkdir -p "$OUT"
+
+pass=${1:?usage: ab_h200.sh fwd|bwd NAME... [-- bench_table options]}
+shift
+names=()
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+    names+=("$1")
+    shift
+done
+[ "${1:-}" = "--" ] && shift
+extra=("$@")
+[ ${#extra[@]} -eq 0 ] && extra=(--pad 0 --n 4096,16384)
+case $pass in
+    fwd) col=7 ;;
+    bwd) col=9 ;;
+    *) echo "PASS must be fwd or bwd"; exit 2 ;;
+esac
+for n in "${names[@]}"; do
+    [ -d "kernels/dev/cubin/$n" ] || { echo "no kernels/dev/cubin/$n (carry kernels/dev/cubin)"; exit 2; }
+done
+
+nvidia-smi -L
+# bench LABEL DIR: one bench_table run with DIR's cubins (empty: the shipped ones); rows of
+# "LABEL D N pad TFLOPS" are appended to $OUT/rows.txt.
+bench() {
+    local label=$1 dir=$2
+    SIGMOID_ATTN_CUDA_CUBIN_DIR=$dir timeout -s KILL 150 "$BIN" --backend cuda --pass "$pass" \
+        --dtype bf16 --reps 10 --no-check "${extra[@]}" >"$OUT/$label.log" 2>&1
+    echo "=== $label: exit $?"
+    grep '^| [0-9]' "$OUT/$label.log" |
+        awk -F'|' -v l="$label" -v c="$col" '{gsub(/ /, "", $c); print l, $2 + 0, $3 + 0, $4, $c}' >>"$OUT/rows.txt"
+}
+: >"$OUT/rows.txt"
+for round in 1 2; do
+    bench "shipped.$round" ""
+    for n in "${names[@]}"; do
+        bench "$n.$round" "kernels/dev/cubin/$n"
+    done
+done
+# One line per shape, one column per build and round.
+python3 - "$OUT/rows.txt" <<'PY'
+import sys, collections
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+labels = list(dict.fromkeys(r[0] for r in rows))
+table = collections.OrderedDict()
+for label, d, n, pad, tf in rows:
+    table.setdefault((d, n, pad), {})[label] = tf
+print("| D | N | pad | " + " | ".join(labels) + " |")
+print("|---" * (3 + len(labels)) + "|")
+for (d, n, pad), v in table.items():
+    print(f"| {d} | {n} | {pad} | " + " | ".join(v.get(l, "-") for l in labels) + " |")
+PY
