@@ -349,6 +349,16 @@ __device__ __forceinline__ void dkdv_produce(const TensorMap& tm_q, const Tensor
     }
 }
 
+/// How a warpgroup adds its dQ share (experiment macro SA_DQ_PATH; shipped cubins use 0):
+/// 0 bulk reductions from shared memory (both warpgroups), 1 `red.global.add.v4` per thread
+/// (both; the path before the bulk reductions), 2 warpgroup 0 bulk and warpgroup 1 per thread,
+/// which splits the cost between shared-memory bandwidth and L2 atomics.
+#ifndef SA_DQ_PATH
+#define SA_DQ_PATH 0
+#endif
+static_assert(SA_DQ_PATH >= 0 && SA_DQ_PATH <= 2, "SA_DQ_PATH: 0, 1 or 2");
+__device__ __forceinline__ bool dq_by_bulk(int cw) { return SA_DQ_PATH == 0 || (SA_DQ_PATH == 2 && cw == 0); }
+
 /// dQ of step `j` (atomic mode), one step late: waits until both consumer warpgroups have
 /// written dS tile j % 2, multiplies this warpgroup's share of it by K (gemm_dq_half), frees
 /// the tile and adds the result into the fp32 workspace. Also completes every earlier wgmma.
@@ -376,6 +386,16 @@ __device__ __forceinline__ void dkdv_dq_step(const BwdParams& p, const DkdvSmem&
     // past the sequence (its dS rows are zero): nothing to add, and no tile to add it to.
     const int row0 = st.q0 + (kDqSplitRows ? 64 * cw : 0);
     const bool add = row0 < seq.len_q;
+    if (!dq_by_bulk(cw)) {  // experiment (SA_DQ_PATH): per-thread reductions
+        if (!add) return;
+        const long long ws = static_cast<long long>(b) * p.accum_tiles_batch + seq.accum_tile + row0 / 64;
+        float* dst = reinterpret_cast<float*>(p.dq_accum_ptr) +
+                     dq_accum_offset(ws, st.h, p.heads, kDqSplitRows ? 0 : cw * kDqGroups, t);
+#pragma unroll
+        for (int g = 0; g < kDqGroups; ++g)
+            red_add_v4_f32(dst + g * 4 * 128, dq[4 * g], dq[4 * g + 1], dq[4 * g + 2], dq[4 * g + 3]);
+        return;
+    }
     const u32 stage = sm.dq_stage(cw, j & 1);
     if (add) {
         // Fragment order, as in the workspace: group g of thread t at (g * 128 + t) * 16 bytes.
@@ -499,7 +519,7 @@ __device__ __forceinline__ void dkdv_consume(const BwdParams& p, const DkdvSmem&
     }
     if (p.atomic_dq && n_tiles > 0) {
         dkdv_dq_step(p, sm, seq, b, n_tiles - 1, prev, cw, t);
-        if (t == 0) bulk_wait<0>();  // the last reduction has completed before the CTA exits
+        if (t == 0 && dq_by_bulk(cw)) bulk_wait<0>();  // the last reduction has completed before the CTA exits
     }
 }
 

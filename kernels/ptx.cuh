@@ -219,6 +219,13 @@ __device__ __forceinline__ void stmatrix_x4_trans(u32 addr, u32 r0, u32 r1, u32 
                  : "memory");
 }
 
+/// `red.global.add.v4.f32`: four fp32 reductions into 16 contiguous, 16-byte aligned bytes in
+/// one instruction (sm_90).
+__device__ __forceinline__ void red_add_v4_f32(float* p, float a, float b, float c, float d) {
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "f"(a), "f"(b), "f"(c), "f"(d)
+                 : "memory");
+}
+
 /// `st.shared.v4.f32`: 16 bytes at a 16-byte aligned shared address.
 __device__ __forceinline__ void st_shared_v4_f32(u32 addr, float a, float b, float c, float d) {
     asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "f"(a), "f"(b), "f"(c), "f"(d)
