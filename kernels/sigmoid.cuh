@@ -23,8 +23,11 @@ __device__ __forceinline__ float sigmoid_from_qk(float qk, SigmoidCoef c) {
     return rcp_approx(1.0f + ex2_approx(fmaf(qk, c.mul, c.add)));
 }
 #else
-/// fast: 0.5 * tanh(0.5 s) + 0.5 with one tanh.approx (1 MUFU). Absolute error ~5e-6; relative
-/// error grows for very negative logits (see the crate docs).
+/// fast: 0.5 * tanh(0.5 s) + 0.5 with one tanh.approx (1 MUFU). PTX bounds tanh.approx by 2^-11
+/// relative, so P within ~2.5e-4; the errors seen are far smaller (the d_bias case of
+/// BENCHMARKS.md's third session implies ~3e-6 on tanh near -0.996), but they vary slowly with
+/// the logit, so sums over many P (d_bias) see them as a bias. Relative error grows for very
+/// negative logits (see the crate docs).
 __device__ __forceinline__ SigmoidCoef sigmoid_coef(float scale, float bias) {
     return SigmoidCoef{0.5f * scale, 0.5f * bias};
 }
