@@ -252,6 +252,21 @@ fn atol(dtype: DType) -> f64 {
     }
 }
 
+/// The part of a tanh's error that varies slowly with its argument, which the emulation (tanh
+/// rounded to `fast_sigmoid_bits` bits: errors that change sign and cancel) does not model.
+/// Measured through d_bias: ~2.8e-6 for CUDA's tanh.approx near t = −0.996, ~1e-7 for
+/// lavapipe's tanh (BENCHMARKS.md, third session). 2^-17 leaves a margin of ~3.
+const TANH_DRIFT: f64 = 1.0 / 131_072.0;
+
+/// Extra tolerance of d_bias for a fast-sigmoid backend: a tanh error that is the same for
+/// every pair of a sequence moves d_bias by `slope` times that error.
+fn d_bias_tanh_allowance<B: Backend>(be: &B, plan: &Plan, slope: &[f64]) -> f64 {
+    if plan.sigmoid() != SigmoidMode::Fast || be.fast_sigmoid_bits().is_none() {
+        return 0.0;
+    }
+    slope.iter().fold(0.0, |m: f64, s| m.max(s.abs())) * TANH_DRIFT
+}
+
 /// Compares `got` with `truth` over the plan's view; `emulated` sets the tolerance. Positions
 /// outside the view (truth is NaN there) must still hold the NaN poison.
 fn check(
@@ -260,6 +275,18 @@ fn check(
     got: &[f64],
     truth: &[f64],
     emulated: &[f64],
+) -> Check {
+    check_with(tensor, dtype, got, truth, emulated, 0.0)
+}
+
+/// `check` with `allowance` added to the bound.
+fn check_with(
+    tensor: &'static str,
+    dtype: DType,
+    got: &[f64],
+    truth: &[f64],
+    emulated: &[f64],
+    allowance: f64,
 ) -> Check {
     let mut err: f64 = 0.0;
     let mut base: f64 = 0.0;
@@ -284,7 +311,7 @@ fn check(
         base = base.max((e - t).abs());
         scale = scale.max(t.abs());
     }
-    let bound = 2.0 * base + atol(dtype) * scale.max(1e-6);
+    let bound = 2.0 * base + atol(dtype) * scale.max(1e-6) + allowance;
     if failure.is_none() && err > bound {
         failure = Some(format!("{tensor}: max error {err:.3e} > bound {bound:.3e} (emulated {base:.3e}, max |ref| {scale:.3e})"));
     }
@@ -346,12 +373,13 @@ pub fn run_case<B: Backend>(be: &B, c: &Case, dtype: DType, pass: Pass) -> Outco
             check("dq", dtype, &got[0], &truth.dq, &emulated.dq),
             check("dk", dtype, &got[1], &truth.dk, &emulated.dk),
             check("dv", dtype, &got[2], &truth.dv, &emulated.dv),
-            check(
+            check_with(
                 "d_bias",
                 DType::F32,
                 &got[3],
                 &truth.d_bias,
                 &emulated.d_bias,
+                d_bias_tanh_allowance(be, &plan, &truth.d_bias_tanh_slope),
             ),
         ],
     };

@@ -89,6 +89,11 @@ pub struct Outputs {
     pub dk: Vec<f64>,
     pub dv: Vec<f64>,
     pub d_bias: Vec<f64>,
+    /// Per sequence, how much d_bias moves when every tanh value of the fast sigmoid
+    /// (P = 0.5 + 0.5 t) is shifted by the same amount: the sum over visible pairs of
+    /// 0.5 (dO_i · V_j)(1 − 2 P). d_bias is a small residue of large terms of both signs, so a
+    /// tanh error that varies slowly with the logit adds up in it (see `run_case`).
+    pub d_bias_tanh_slope: Vec<f64>,
 }
 
 struct Ctx<'a> {
@@ -158,6 +163,7 @@ pub fn evaluate(plan: &Plan, x: &Inputs, prec: Precision, grads: bool) -> Output
         dk: nan_buffer(plan.k_elems()),
         dv: nan_buffer(plan.v_elems()),
         d_bias: vec![0.0; plan.batch()],
+        d_bias_tanh_slope: vec![0.0; plan.batch()],
     };
     for (b, seq) in plan.seqs().iter().enumerate() {
         // Padding rows are zeros in every output.
@@ -209,21 +215,34 @@ pub fn evaluate(plan: &Plan, x: &Inputs, prec: Precision, grads: bool) -> Output
             let doi: Vec<Vec<f64>> = (0..seq.len_q)
                 .map(|i| cx.row(&x.d_o, &st.o, b, seq.q_start, i, h))
                 .collect();
-            // dS[i][j] = (dO_i · V_j) P (1 − P).
-            let ds: Vec<Vec<f64>> = (0..seq.len_q)
+            // dP[i][j] = dO_i · V_j on visible pairs (0 elsewhere), dS = dP P (1 − P).
+            let dp: Vec<Vec<f64>> = (0..seq.len_q)
                 .map(|i| {
                     (0..seq.len_k)
                         .map(|j| {
                             if !cx.visible(seq, i, j) {
                                 return 0.0;
                             }
-                            let dp: f64 = doi[i].iter().zip(&vj[j]).map(|(a, c)| a * c).sum();
-                            let pij = p[i][j];
-                            prec.f32(prec.f32(dp) * pij * (1.0 - pij))
+                            doi[i].iter().zip(&vj[j]).map(|(a, c)| a * c).sum()
                         })
                         .collect()
                 })
                 .collect();
+            let ds: Vec<Vec<f64>> = (0..seq.len_q)
+                .map(|i| {
+                    (0..seq.len_k)
+                        .map(|j| {
+                            let pij = p[i][j];
+                            prec.f32(prec.f32(dp[i][j]) * pij * (1.0 - pij))
+                        })
+                        .collect()
+                })
+                .collect();
+            for i in 0..seq.len_q {
+                for j in 0..seq.len_k {
+                    out.d_bias_tanh_slope[b] += 0.5 * dp[i][j] * (1.0 - 2.0 * p[i][j]);
+                }
+            }
             for i in 0..seq.len_q {
                 out.d_bias[b] += ds[i].iter().sum::<f64>();
                 let base = Plan::row_offset(&st.q, b, seq.q_start, i, h);
