@@ -11,7 +11,8 @@
 //! Options: `--backend cpu|wgpu|cuda`, `--dtype bf16|f16|f32`, `--pass fwd,bwd`, `--d 64,128`,
 //! `--n 1024,4096,16384`, `--pad 0,25`, `--tokens 16384`, `--width 2048`, `--reps 20`,
 //! `--warmup-ms 100` (measured time spent warming up before the timed runs), `--json PATH`,
-//! `--no-check`.
+//! `--no-check`, `--d-bias` (the backward also computes d_bias, as training a learned bias
+//! does; off by default, like the anchors, which have no bias gradient).
 
 use sigmoid_attn::cpu::reference::rows;
 use sigmoid_attn::{Backend, BackwardArgs, DType, Error, HostTensor, Lengths, Plan, Problem};
@@ -31,6 +32,7 @@ struct Opts {
     warmup_ms: f64,
     json: Option<String>,
     check: bool,
+    d_bias: bool,
 }
 
 fn list<T: std::str::FromStr>(s: &str) -> Result<Vec<T>, String> {
@@ -53,11 +55,16 @@ fn parse() -> Result<Opts, String> {
         warmup_ms: 100.0,
         json: None,
         check: true,
+        d_bias: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--no-check" {
             o.check = false;
+            continue;
+        }
+        if flag == "--d-bias" {
+            o.d_bias = true;
             continue;
         }
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
@@ -261,6 +268,11 @@ fn run_config<B: Backend>(be: &B, o: &Opts, d: usize, n: usize, pad: u32) -> Res
                 let mut dq = be.alloc(o.dtype, plan.q_elems())?;
                 let mut dk = be.alloc(o.dtype, plan.k_elems())?;
                 let mut dv = be.alloc(o.dtype, plan.v_elems())?;
+                let mut db = if o.d_bias {
+                    Some(be.alloc(DType::F32, plan.batch())?)
+                } else {
+                    None
+                };
                 let mut run = || {
                     be.backward(
                         &plan,
@@ -272,7 +284,7 @@ fn run_config<B: Backend>(be: &B, o: &Opts, d: usize, n: usize, pad: u32) -> Res
                             dq: &mut dq,
                             dk: &mut dk,
                             dv: &mut dv,
-                            d_bias: None,
+                            d_bias: db.as_mut(),
                         },
                     )
                 };
@@ -297,6 +309,13 @@ fn run_config<B: Backend>(be: &B, o: &Opts, d: usize, n: usize, pad: u32) -> Res
                     let err = sample_error(&samples);
                     if err > threshold(o.dtype) {
                         row.check = format!("FAILED bwd rel err {err:.1e}");
+                    }
+                    if let Some(db) = &db {
+                        // d_bias is a whole-sequence sum: no row sample covers it; the
+                        // conformance suite checks its value.
+                        if be.download(db)?.to_f64().iter().any(|x| !x.is_finite()) {
+                            row.check = "FAILED d_bias not finite".into();
+                        }
                     }
                 }
             }
@@ -353,8 +372,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         other => return Err(format!("backend `{other}` is unknown or not compiled in").into()),
     };
     let mut table = format!(
-        "{backend} on {device}, {}, tokens {}, width {}, median of {} runs\n\n",
-        o.dtype, o.tokens, o.width, o.reps
+        "{backend} on {device}, {}, tokens {}, width {}, median of {} runs{}\n\n",
+        o.dtype,
+        o.tokens,
+        o.width,
+        o.reps,
+        if o.d_bias { ", d_bias requested" } else { "" }
     );
     table.push_str("| D | N | pad | B×H | fwd ms | fwd TFLOPS | bwd ms | bwd TFLOPS | check |\n");
     table.push_str("|---|---|---|---|---|---|---|---|---|\n");
@@ -377,7 +400,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let num = |x: Option<f64>| x.map_or("null".into(), |v| format!("{v}"));
         let _ = writeln!(
             json,
-            "  {{\"backend\": \"{backend}\", \"dtype\": \"{}\", \"d\": {}, \"n\": {}, \"pad\": {}, \"batch\": {}, \"heads\": {}, \"fwd_ms\": {}, \"fwd_tflops\": {}, \"bwd_ms\": {}, \"bwd_tflops\": {}, \"check\": \"{}\"}}{}",
+            "  {{\"backend\": \"{backend}\", \"dtype\": \"{}\", \"d\": {}, \"n\": {}, \"pad\": {}, \"batch\": {}, \"heads\": {}, \"fwd_ms\": {}, \"fwd_tflops\": {}, \"bwd_ms\": {}, \"bwd_tflops\": {}, \"d_bias\": {}, \"check\": \"{}\"}}{}",
             o.dtype,
             r.d,
             r.n,
@@ -388,6 +411,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             num(r.fwd_tflops),
             num(r.bwd_ms),
             num(r.bwd_tflops),
+            o.d_bias,
             r.check.replace('"', "'"),
             if i + 1 < rows.len() { "," } else { "" }
         );
