@@ -256,6 +256,7 @@ fn atol(dtype: DType) -> f64 {
 /// rounded to `fast_sigmoid_bits` bits: errors that change sign and cancel) does not model.
 /// Measured through d_bias: ~2.8e-6 for CUDA's tanh.approx near t = −0.996, ~1e-7 for
 /// lavapipe's tanh (BENCHMARKS.md, third session). 2^-17 leaves a margin of ~3.
+/// `kernels/dev/sigmoid_error.py` measures the CUDA curve directly.
 const TANH_DRIFT: f64 = 1.0 / 131_072.0;
 
 /// Extra tolerance of d_bias for a fast-sigmoid backend: a tanh error that is the same for
