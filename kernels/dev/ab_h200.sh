@@ -10,8 +10,9 @@
 #       carry=["target/h200", "kernels/dev/cubin"])
 #
 # PASS is fwd or bwd; options after -- go to bench_table (default: --pad 0 --n 4096,16384).
-# Correctness of an experiment: SIGMOID_ATTN_CUDA_CUBIN_DIR=kernels/dev/cubin/NAME
-# target/h200/cuda_tests --test-threads=1 conformance (and raw:: for deterministic mode).
+# Correctness: with AB_CHECK=1 each experiment first runs the conformance suite of its pass
+# and the raw:: tests (deterministic mode, raw entry points) with its cubins; a failing
+# experiment is still timed, and its failure is printed above the table.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BIN=target/h200/bench_table
@@ -48,6 +49,18 @@ bench() {
     grep '^| [0-9]' "$OUT/$label.log" |
         awk -F'|' -v l="$label" -v c="$col" '{gsub(/ /, "", $c); print l, $2 + 0, $3 + 0, $4, $c}' >>"$OUT/rows.txt"
 }
+if [ "${AB_CHECK:-0}" = 1 ]; then
+    suite=forward
+    [ "$pass" = bwd ] && suite=backward
+    for n in "${names[@]}"; do
+        for t in "conformance::$suite" raw::; do
+            SIGMOID_ATTN_CUDA_CUBIN_DIR="kernels/dev/cubin/$n" timeout -s KILL 120 target/h200/cuda_tests \
+                --test-threads=1 --nocapture "$t" >"$OUT/check.$n.${t%%:*}.log" 2>&1
+            echo "=== check $n $t: exit $?"
+            grep -hE "FAILED  |passed,.*failed|^test result" "$OUT/check.$n.${t%%:*}.log" | sort -u
+        done
+    done
+fi
 : >"$OUT/rows.txt"
 for round in 1 2; do
     bench "shipped.$round" ""
