@@ -124,14 +124,7 @@ mod raw {
             println!("cuda backward_raw: skipped: {e}");
             return;
         }
-        let mut rng = Rng::new(5);
-        let dt = plan.dtype();
-        let inputs = [
-            rng.tensor(dt, plan.q_elems()),
-            rng.tensor(dt, plan.k_elems()),
-            rng.tensor(dt, plan.v_elems()),
-            rng.tensor(dt, plan.o_elems()),
-        ];
+        let inputs = Rng::new(5).attention_inputs(&plan, plan.dtype());
         be.set_deterministic(true);
         let expected = backward_bytes(&be, &plan, &inputs).unwrap();
 
@@ -210,14 +203,8 @@ mod raw {
                 println!("cuda deterministic backward: skipped: {e}");
                 return;
             }
-            let mut rng = Rng::new(11);
             let dt = plan.dtype();
-            let inputs = [
-                rng.tensor(dt, plan.q_elems()),
-                rng.tensor(dt, plan.k_elems()),
-                rng.tensor(dt, plan.v_elems()),
-                rng.tensor(dt, plan.o_elems()),
-            ];
+            let inputs = Rng::new(11).attention_inputs(&plan, dt);
             be.set_deterministic(true);
             let first = backward_bytes(&be, &plan, &inputs).unwrap();
             let second = backward_bytes(&be, &plan, &inputs).unwrap();

@@ -138,7 +138,6 @@ fn coop_and_scalar_agree() {
             be.download(&o).unwrap().to_f64()
         };
         let want = run(false);
-        let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
         for t in CoopTiles::all(d as u32, 32) {
             be.set_coop(true);
             be.set_coop_tiles(Some((t.nsg, t.bk, t.rb)));
@@ -149,16 +148,7 @@ fn coop_and_scalar_agree() {
                 println!("d={d} {t:?}: does not fit this device");
                 continue;
             };
-            let got = run(true);
-            let err = max_diff(&got, &want);
-            let ok = err <= 4e-3 * scale.max(1e-3);
-            println!(
-                "{} d={d} {t:?} vs scalar: max |diff| {err:.3e}, max |o| {scale:.3e}",
-                if ok { "agree" } else { "MISMATCH" },
-            );
-            if !ok {
-                bad.push(format!("d={d} {t:?}: differs by {err}"));
-            }
+            agree(&format!("d={d} {t:?} o"), &run(true), &want, &mut bad);
         }
         be.set_coop_tiles(None);
     }
@@ -184,14 +174,7 @@ fn coop_and_scalar_agree_backward() {
             .with_dtype(DType::F16)
             .plan()
             .unwrap();
-        let mut rng = common::Rng::new(11);
-        let inputs = [
-            plan.q_elems(),
-            plan.k_elems(),
-            plan.v_elems(),
-            plan.o_elems(),
-        ]
-        .map(|n| rng.tensor(DType::F16, n));
+        let inputs = common::Rng::new(11).attention_inputs(&plan, DType::F16);
         let run = |coop: bool| {
             be.set_coop(coop);
             assert_eq!(be.uses_coop_backward(&plan), coop);
@@ -205,16 +188,7 @@ fn coop_and_scalar_agree_backward() {
             .iter()
             .zip(got.iter().zip(&want))
         {
-            let scale = y.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-            let err = max_diff(x, y);
-            let ok = err <= 4e-3 * scale.max(1e-3);
-            println!(
-                "{} d={d} {name} coop vs scalar: max |diff| {err:.3e}, max |ref| {scale:.3e}",
-                if ok { "agree" } else { "MISMATCH" },
-            );
-            if !ok {
-                bad.push(format!("d={d} {name}: differs by {err} (max {scale})"));
-            }
+            agree(&format!("d={d} {name}"), x, y, &mut bad);
         }
     }
     be.set_coop(true);
@@ -223,6 +197,21 @@ fn coop_and_scalar_agree_backward() {
         "coop and scalar backward differ:\n{}",
         bad.join("\n")
     );
+}
+
+/// Coop (`got`) against scalar (`want`) to f16 accuracy relative to the largest |want|; prints
+/// the comparison and records a mismatch in `bad`.
+fn agree(label: &str, got: &[f64], want: &[f64], bad: &mut Vec<String>) {
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let err = max_diff(got, want);
+    let ok = err <= 4e-3 * scale.max(1e-3);
+    println!(
+        "{} {label} coop vs scalar: max |diff| {err:.3e}, max |ref| {scale:.3e}",
+        if ok { "agree" } else { "MISMATCH" },
+    );
+    if !ok {
+        bad.push(format!("{label}: differs by {err} (max {scale})"));
+    }
 }
 
 /// Largest |got − want| over the elements, infinite where `got` is NaN.

@@ -48,6 +48,16 @@ impl Rng {
         let v: Vec<f64> = (0..len).map(|_| self.normal()).collect();
         HostTensor::from_f64(dtype, &v)
     }
+    /// Q, K, V and dO of `plan`, drawn in that order.
+    pub fn attention_inputs(&mut self, plan: &Plan, dtype: DType) -> [HostTensor; 4] {
+        [
+            plan.q_elems(),
+            plan.k_elems(),
+            plan.v_elems(),
+            plan.o_elems(),
+        ]
+        .map(|len| self.tensor(dtype, len))
+    }
 }
 
 /// A seed that differs per case and per run (fresh inputs), printed so that a failure can be
@@ -343,11 +353,7 @@ pub fn run_case<B: Backend>(be: &B, c: &Case, dtype: DType, pass: Pass) -> Outco
         return Outcome::Skipped(e.to_string());
     }
     let seed = seed_for(c.name);
-    let mut rng = Rng::new(seed);
-    let q = rng.tensor(dtype, plan.q_elems());
-    let k = rng.tensor(dtype, plan.k_elems());
-    let v = rng.tensor(dtype, plan.v_elems());
-    let d_o = rng.tensor(dtype, plan.o_elems());
+    let [q, k, v, d_o] = Rng::new(seed).attention_inputs(&plan, dtype);
     let result = match pass {
         Pass::Forward => run_forward(be, &plan, &q, &k, &v),
         Pass::Backward => run_backward(be, &plan, &q, &k, &v, &d_o),
