@@ -21,19 +21,8 @@ prepare() {
     echo "now: run(command=\"bash kernels/dev/bwd_h200.sh device\", carry=[\"$BIN\"], timeout_s=600)"
 }
 
-# step NAME SECONDS CMD...: runs CMD with a hard time limit (a deadlocked kernel must not eat
-# the whole call), logs to $OUT/NAME.log and prints the tail.
-step() {
-    local name=$1 secs=$2
-    shift 2
-    echo "=== $name: $*"
-    local t0=$SECONDS
-    timeout -s KILL "$secs" "$@" >"$OUT/$name.log" 2>&1
-    local rc=$?
-    LAST_RC=$rc
-    echo "=== $name: exit $rc after $((SECONDS - t0)) s"
-    tail -n 40 "$OUT/$name.log"
-}
+# shellcheck source=step.sh
+. kernels/dev/step.sh
 
 device() {
     OUT=${OUT:-/tmp/sa-bwd-out}

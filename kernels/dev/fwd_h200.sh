@@ -12,15 +12,9 @@ BIN=target/h200
 OUT=${OUT:-/tmp/sa-fwd-out}
 mkdir -p "$OUT"
 
-step() {
-    local name=$1 secs=$2
-    shift 2
-    echo "=== $name: $*"
-    local t0=$SECONDS
-    timeout -s KILL "$secs" "$@" >"$OUT/$name.log" 2>&1
-    echo "=== $name: exit $? after $((SECONDS - t0)) s"
-    tail -n "${TAIL:-12}" "$OUT/$name.log"
-}
+# shellcheck source=step.sh
+. kernels/dev/step.sh
+TAIL=12
 
 nvidia-smi -L
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
