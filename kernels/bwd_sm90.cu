@@ -386,11 +386,16 @@ __device__ __forceinline__ void dkdv_dq_step(const BwdParams& p, const DkdvSmem&
     // past the sequence (its dS rows are zero): nothing to add, and no tile to add it to.
     const int row0 = st.q0 + (kDqSplitRows ? 64 * cw : 0);
     const bool add = row0 < seq.len_q;
+    // Thread t's first 4 floats in the workspace tile of these rows (thread 0: the warpgroup's
+    // whole 16 KiB share starts there).
+    auto dst_of = [&](int thread) {
+        const long long ws_tile = static_cast<long long>(b) * p.accum_tiles_batch + seq.accum_tile + row0 / 64;
+        return reinterpret_cast<float*>(p.dq_accum_ptr) +
+               dq_accum_offset(ws_tile, st.h, p.heads, kDqSplitRows ? 0 : cw * kDqGroups, thread);
+    };
     if (!dq_by_bulk(cw)) {  // experiment (SA_DQ_PATH): per-thread reductions
         if (!add) return;
-        const long long ws = static_cast<long long>(b) * p.accum_tiles_batch + seq.accum_tile + row0 / 64;
-        float* dst = reinterpret_cast<float*>(p.dq_accum_ptr) +
-                     dq_accum_offset(ws, st.h, p.heads, kDqSplitRows ? 0 : cw * kDqGroups, t);
+        float* dst = dst_of(t);
 #pragma unroll
         for (int g = 0; g < kDqGroups; ++g)
             red_add_v4_f32(dst + g * 4 * 128, dq[4 * g], dq[4 * g + 1], dq[4 * g + 2], dq[4 * g + 3]);
@@ -407,10 +412,7 @@ __device__ __forceinline__ void dkdv_dq_step(const BwdParams& p, const DkdvSmem&
     if (t == 0) bulk_wait_read<0>();
     named_barrier_sync(kBarDqStage + cw, 128);
     if (add && t == 0) {
-        const long long ws_tile = static_cast<long long>(b) * p.accum_tiles_batch + seq.accum_tile + row0 / 64;
-        float* dst = reinterpret_cast<float*>(p.dq_accum_ptr) +
-                     dq_accum_offset(ws_tile, st.h, p.heads, kDqSplitRows ? 0 : cw * kDqGroups, 0);
-        bulk_reduce_add_f32(dst, stage, kDqStageBytes);
+        bulk_reduce_add_f32(dst_of(0), stage, kDqStageBytes);
         bulk_commit();
     }
 }
