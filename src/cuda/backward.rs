@@ -161,32 +161,31 @@ impl CudaBackend {
             unsafe { driver_result::memset_d8_async(accum_ptr, 0, l.accum_elems * 4, stream) }
                 .map_err(|e| driver_err("clearing the dQ workspace", e))?;
         }
-        // dK/dV kernel: Q and dO tiles of query_tile rows, K and V blocks of key_block rows.
-        {
-            let tm_q = encode_map(ptrs.q, dt, d, &l.q_map, t.query_tile)?;
-            let tm_k = encode_map(ptrs.k, dt, d, &l.k_map, t.key_block)?;
-            let tm_v = encode_map(ptrs.v, dt, d, &l.v_map, t.key_block)?;
-            let tm_do = encode_map(ptrs.d_o, dt, d, &l.o_map, t.query_tile)?;
-            launch(
-                kernels::BWD_DKDV,
-                l.dkdv_grid,
-                (t.dkdv_threads(), 1, 1),
-                t.dkdv_smem_bytes(d),
-                Some([&tm_q, &tm_k, &tm_v, &tm_do]),
-                &mut params,
-            )?;
-        }
+        // Tensor maps of Q, K, V and dO whose boxes are tiles of `q_rows` (Q, dO) and `k_rows`
+        // (K, V) rows.
+        let maps = |q_rows: usize, k_rows: usize| -> Result<[TensorMap; 4]> {
+            Ok([
+                encode_map(ptrs.q, dt, d, &l.q_map, q_rows)?,
+                encode_map(ptrs.k, dt, d, &l.k_map, k_rows)?,
+                encode_map(ptrs.v, dt, d, &l.v_map, k_rows)?,
+                encode_map(ptrs.d_o, dt, d, &l.o_map, q_rows)?,
+            ])
+        };
+        launch(
+            kernels::BWD_DKDV,
+            l.dkdv_grid,
+            (t.dkdv_threads(), 1, 1),
+            t.dkdv_smem_bytes(d),
+            Some(maps(t.query_tile, t.key_block)?.each_ref()),
+            &mut params,
+        )?;
         if deterministic {
-            let tm_q = encode_map(ptrs.q, dt, d, &l.q_map, t.query_block)?;
-            let tm_k = encode_map(ptrs.k, dt, d, &l.k_map, t.key_tile)?;
-            let tm_v = encode_map(ptrs.v, dt, d, &l.v_map, t.key_tile)?;
-            let tm_do = encode_map(ptrs.d_o, dt, d, &l.o_map, t.query_block)?;
             launch(
                 kernels::BWD_DQ,
                 l.dq_grid,
                 block,
                 t.dq_smem_bytes(d),
-                Some([&tm_q, &tm_k, &tm_v, &tm_do]),
+                Some(maps(t.query_block, t.key_tile)?.each_ref()),
                 &mut params,
             )?;
         } else {
