@@ -38,14 +38,15 @@ for n in "${names[@]}"; do
     [ -d "kernels/dev/cubin/$n" ] || { echo "no kernels/dev/cubin/$n (carry kernels/dev/cubin)"; exit 2; }
 done
 
+# shellcheck source=step.sh
+. kernels/dev/step.sh
 nvidia-smi -L
 # bench LABEL DIR: one bench_table run with DIR's cubins (empty: the shipped ones); rows of
 # "LABEL D N pad TFLOPS" are appended to $OUT/rows.txt.
 bench() {
     local label=$1 dir=$2
-    SIGMOID_ATTN_CUDA_CUBIN_DIR=$dir timeout -s KILL 150 "$BIN" --backend cuda --pass "$pass" \
-        --dtype bf16 --reps 10 --no-check "${extra[@]}" >"$OUT/$label.log" 2>&1
-    echo "=== $label: exit $?"
+    TAIL=0 step "$label" 150 env SIGMOID_ATTN_CUDA_CUBIN_DIR="$dir" "$BIN" --backend cuda \
+        --pass "$pass" --dtype bf16 --reps 10 --no-check "${extra[@]}"
     grep '^| [0-9]' "$OUT/$label.log" |
         awk -F'|' -v l="$label" -v c="$col" '{gsub(/ /, "", $c); print l, $2 + 0, $3 + 0, $4, $c}' >>"$OUT/rows.txt"
 }
@@ -54,9 +55,8 @@ if [ "${AB_CHECK:-0}" = 1 ]; then
     [ "$pass" = bwd ] && suite=backward
     for n in "${names[@]}"; do
         for t in "conformance::$suite" raw::; do
-            SIGMOID_ATTN_CUDA_CUBIN_DIR="kernels/dev/cubin/$n" timeout -s KILL 120 target/h200/cuda_tests \
-                --test-threads=1 --nocapture "$t" >"$OUT/check.$n.${t%%:*}.log" 2>&1
-            echo "=== check $n $t: exit $?"
+            TAIL=0 step "check.$n.${t%%:*}" 120 env SIGMOID_ATTN_CUDA_CUBIN_DIR="kernels/dev/cubin/$n" \
+                target/h200/cuda_tests --test-threads=1 --nocapture "$t"
             grep -hE "FAILED  |passed,.*failed|^test result" "$OUT/check.$n.${t%%:*}.log" | sort -u
         done
     done
