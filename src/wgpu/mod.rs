@@ -534,6 +534,21 @@ impl WgpuBackend {
 
     /// Runs `f` inside validation, out-of-memory and internal error scopes; any error they
     /// catch becomes `Error::Driver`.
+    /// Records one pass with `record` into a fresh encoder and submits it, in an error scope,
+    /// timed into the open `time_ms` session if there is one.
+    fn submit_recorded(
+        &self,
+        record: impl FnOnce(&mut wgpu::CommandEncoder, Option<(&wgpu::QuerySet, u32)>) -> Result<()>,
+    ) -> Result<()> {
+        self.scoped(|| {
+            let mut enc = self.device.create_command_encoder(&Default::default());
+            let slot = self.session_slot();
+            record(&mut enc, slot.as_ref().map(|(qs, i)| (qs, *i)))?;
+            self.queue.submit([enc.finish()]);
+            Ok(())
+        })
+    }
+
     fn scoped<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
         self.check_health()?;
         let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
@@ -780,34 +795,15 @@ impl Backend for WgpuBackend {
     ) -> Result<()> {
         self.supports_forward(plan)?;
         check_forward(plan, q, k, v, o)?;
-        self.scoped(|| {
-            let mut enc = self.device.create_command_encoder(&Default::default());
-            let bufs = ForwardBuffers {
-                q: &q.buffer,
-                k: &k.buffer,
-                v: &v.buffer,
-                o: &o.buffer,
-            };
-            let slot = self.session_slot();
-            let timing = slot.as_ref().map(|(qs, i)| (qs, *i));
-            self.record_forward(&mut enc, plan, bufs, timing)?;
-            self.queue.submit([enc.finish()]);
-            Ok(())
-        })
+        let bufs = ForwardBuffers::of(q, k, v, o);
+        self.submit_recorded(|enc, timing| self.record_forward(enc, plan, bufs, timing))
     }
 
     fn backward(&self, plan: &Plan, a: BackwardArgs<'_, WgpuBuffer>) -> Result<()> {
         self.supports_backward(plan)?;
         a.check(plan)?;
-        self.scoped(|| {
-            let mut enc = self.device.create_command_encoder(&Default::default());
-            let bufs = BackwardBuffers::of(&a);
-            let slot = self.session_slot();
-            let timing = slot.as_ref().map(|(qs, i)| (qs, *i));
-            self.record_backward(&mut enc, plan, bufs, timing)?;
-            self.queue.submit([enc.finish()]);
-            Ok(())
-        })
+        let bufs = BackwardBuffers::of(&a);
+        self.submit_recorded(|enc, timing| self.record_backward(enc, plan, bufs, timing))
     }
 
     fn synchronize(&self) -> Result<()> {

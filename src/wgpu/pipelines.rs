@@ -353,18 +353,15 @@ impl PipelineCache {
         key: PipelineKey,
         bounds_checks: bool,
     ) -> Result<wgpu::ComputePipeline> {
-        if let Some(p) = lock(&self.pipelines).get(&key) {
-            return Ok(p.clone());
-        }
-        let job = CompileJob {
-            name: key.kernel.name(),
-            storage: key.storage,
-            source: &|| source(key.kernel, key.storage),
-            constants: key.tiles.constants(key.kernel, key.causal, key.fast),
-        };
-        let pipeline = self.compile(device, job, bounds_checks)?;
-        lock(&self.pipelines).insert(key, pipeline.clone());
-        Ok(pipeline)
+        self.cached(&self.pipelines, key, || {
+            let job = CompileJob {
+                name: key.kernel.name(),
+                storage: key.storage,
+                source: &|| source(key.kernel, key.storage),
+                constants: key.tiles.constants(key.kernel, key.causal, key.fast),
+            };
+            self.compile(device, job, bounds_checks)
+        })
     }
 
     /// The cooperative-matrix pipeline for `key`, compiling it on first use.
@@ -374,17 +371,30 @@ impl PipelineCache {
         key: super::coop::CoopKey,
         bounds_checks: bool,
     ) -> Result<wgpu::ComputePipeline> {
-        if let Some(p) = lock(&self.coop).get(&key) {
+        self.cached(&self.coop, key, || {
+            let job = CompileJob {
+                name: key.kernel.name(),
+                storage: key.storage,
+                source: &|| super::coop::source(key.kernel, key.storage),
+                constants: key.tiles.constants(key.kernel, key.causal, key.fast),
+            };
+            self.compile(device, job, bounds_checks)
+        })
+    }
+
+    /// The pipeline of `key` in `map`, or the one `compile` makes, then kept there. The lock is
+    /// not held while compiling.
+    fn cached<K: std::hash::Hash + Eq>(
+        &self,
+        map: &Mutex<HashMap<K, wgpu::ComputePipeline>>,
+        key: K,
+        compile: impl FnOnce() -> Result<wgpu::ComputePipeline>,
+    ) -> Result<wgpu::ComputePipeline> {
+        if let Some(p) = lock(map).get(&key) {
             return Ok(p.clone());
         }
-        let job = CompileJob {
-            name: key.kernel.name(),
-            storage: key.storage,
-            source: &|| super::coop::source(key.kernel, key.storage),
-            constants: key.tiles.constants(key.kernel, key.causal, key.fast),
-        };
-        let pipeline = self.compile(device, job, bounds_checks)?;
-        lock(&self.coop).insert(key, pipeline.clone());
+        let pipeline = compile()?;
+        lock(map).insert(key, pipeline.clone());
         Ok(pipeline)
     }
 

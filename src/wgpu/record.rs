@@ -37,6 +37,23 @@ pub struct BackwardBuffers<'a> {
     pub d_bias: Option<&'a wgpu::Buffer>,
 }
 
+impl<'a> ForwardBuffers<'a> {
+    /// The wgpu buffers behind the backend-owned tensors of a `Backend::forward` call.
+    pub(super) fn of(
+        q: &'a WgpuBuffer,
+        k: &'a WgpuBuffer,
+        v: &'a WgpuBuffer,
+        o: &'a WgpuBuffer,
+    ) -> Self {
+        ForwardBuffers {
+            q: &q.buffer,
+            k: &k.buffer,
+            v: &v.buffer,
+            o: &o.buffer,
+        }
+    }
+}
+
 impl<'a> BackwardBuffers<'a> {
     /// The wgpu buffers behind the backend-owned tensors of a `Backend::backward` call.
     pub(super) fn of(a: &'a BackwardArgs<'_, WgpuBuffer>) -> Self {

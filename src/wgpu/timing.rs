@@ -37,12 +37,7 @@ impl WgpuBackend {
     ) -> Result<Vec<f64>> {
         self.supports_forward(plan)?;
         check_forward(plan, q, k, v, o)?;
-        let bufs = ForwardBuffers {
-            q: &q.buffer,
-            k: &k.buffer,
-            v: &v.buffer,
-            o: &o.buffer,
-        };
+        let bufs = ForwardBuffers::of(q, k, v, o);
         self.timed(iters, |enc, ts| {
             self.record_forward(enc, plan, bufs, Some(ts))
         })
