@@ -25,11 +25,13 @@
 //                             warpgroups write their dS (stmatrix) into one queries x 128 keys
 //                             tile of a double buffer; in the next step each multiplies its
 //                             share (D = 128: half of K's columns; D = 64, 128-query steps:
-//                             its 64 queries) by K, stages the result in shared memory and
-//                             adds it with one bulk reduction (cp.reduce.async.bulk .add.f32)
-//                             into the fp32 workspace dq_accum (tiled in fragment order, see
-//                             "dQ workspace"). The delay lets the warpgroups drift apart by
-//                             up to a step, so one's elementwise work overlaps the other's GEMMs.
+//                             its 64 queries) by K and adds the result into the fp32
+//                             workspace dq_accum (tiled in fragment order, see "dQ workspace"):
+//                             staged in shared memory and added by one bulk reduction
+//                             (cp.reduce.async.bulk .add.f32), or by per-thread red.v4, each
+//                             warpgroup and step as BwdConfig::kDqPath says. The delay lets
+//                             the warpgroups drift apart by up to a step, so one's elementwise
+//                             work overlaps the other's GEMMs.
 //                             Each CTA writes its partial sum of dS to dbias_partial.
 //   sigmoid_attn_bwd_dq       deterministic mode: grid (query blocks, heads, batch).
 //                             Query-outer, no atomics: S = Q K^T, dP = dO V^T, dS, dQ += dS K
@@ -92,12 +94,21 @@ constexpr int kQQBytes = kQM * kD * 2;
 constexpr int kQKBytes = kQN * kD * 2;
 static_assert(kQM == 128 && kQN == 64, "the dQ kernel is written for 128 queries x 64 keys");
 
+/// How a warpgroup adds its dQ share: BwdConfig::kDqPath (config.cuh says what 0-3 mean and
+/// what each measured); experiments override it with the macro SA_DQ_PATH.
+#ifndef SA_DQ_PATH
+#define SA_DQ_PATH Cfg::kDqPath
+#endif
+static_assert(SA_DQ_PATH >= 0 && SA_DQ_PATH <= 3, "SA_DQ_PATH: 0, 1, 2 or 3");
+
 // One warpgroup's dQ share of a step (64 x 64 fp32), staged in shared memory for the bulk
-// reduction into the workspace; two per warpgroup (double buffer).
+// reduction into the workspace; two (double buffer) per warpgroup that ever adds by bulk
+// reductions.
 constexpr int kDqStageBytes = 64 * 64 * 4;
+constexpr int kDqStagers = SA_DQ_PATH == 1 ? 0 : SA_DQ_PATH == 2 ? 1 : 2;  // warpgroups that stage
 constexpr int kDkdvBarriers = 4 + 2 * kStages + 4;  // see DkdvSmem
 constexpr int kDkdvSmemBytes = 1024 + 2 * kKvKBytes + 2 * kStages * kKvQBytes + 2 * 2 * kDsBytes +
-                               2 * 2 * kDqStageBytes + 8 * kDkdvBarriers;
+                               kDqStagers * 2 * kDqStageBytes + 8 * kDkdvBarriers;
 constexpr int kDqSmemBytes = 1024 + 2 * kQQBytes + 2 * kStages * kQKBytes + 8 * (1 + kStages);
 static_assert(kDkdvSmemBytes <= 227 * 1024 && kDqSmemBytes <= 227 * 1024, "shared memory");
 
@@ -209,7 +220,7 @@ struct DkdvSmem {
         d_o = q + kStages * kKvQBytes;
         ds = d_o + kStages * kKvQBytes;
         dq = ds + 2 * 2 * kDsBytes;
-        bars = dq + 2 * 2 * kDqStageBytes;
+        bars = dq + kDqStagers * 2 * kDqStageBytes;
     }
     /// Staging buffer `i` (0, 1) of consumer warpgroup `cw`'s dQ share.
     __device__ __forceinline__ u32 dq_stage(int cw, int i) const { return dq + (2 * cw + i) * kDqStageBytes; }
@@ -349,28 +360,25 @@ __device__ __forceinline__ void dkdv_produce(const TensorMap& tm_q, const Tensor
     }
 }
 
-/// How a warpgroup adds its dQ share (experiment macro SA_DQ_PATH; shipped cubins use 0):
-/// 0 bulk reductions from shared memory (both warpgroups), 1 `red.global.add.v4` per thread
-/// (both; the path before the bulk reductions), 2 warpgroup 0 bulk and warpgroup 1 per thread,
-/// which splits the cost between shared-memory bandwidth and L2 atomics.
-#ifndef SA_DQ_PATH
-#define SA_DQ_PATH 0
-#endif
-static_assert(SA_DQ_PATH >= 0 && SA_DQ_PATH <= 2, "SA_DQ_PATH: 0, 1 or 2");
-__device__ __forceinline__ bool dq_by_bulk(int cw) { return SA_DQ_PATH == 0 || (SA_DQ_PATH == 2 && cw == 0); }
+/// Whether warpgroup `cw` adds its dQ share of step `j` by a bulk reduction (see SA_DQ_PATH).
+__device__ __forceinline__ bool dq_by_bulk(int cw, int j) {
+    return SA_DQ_PATH == 0 || (SA_DQ_PATH == 2 && cw == 0) || (SA_DQ_PATH == 3 && ((j + cw) & 1) == 0);
+}
+/// The staging buffer of step `j`: the two alternate over the steps this warpgroup stages.
+__device__ __forceinline__ int dq_stage_of(int j) { return SA_DQ_PATH == 3 ? (j >> 1) & 1 : j & 1; }
 
 /// dQ of step `j` (atomic mode), one step late: waits until both consumer warpgroups have
 /// written dS tile j % 2, multiplies this warpgroup's share of it by K (gemm_dq_half), frees
 /// the tile and adds the result into the fp32 workspace. Also completes every earlier wgmma.
 ///
-/// The addition is one bulk reduction per warpgroup (`cp.reduce.async.bulk .add.f32` of 16 KiB,
-/// issued by thread 0 from a staging buffer in shared memory) instead of 8 `red.global.add.v4`
-/// per thread: measured on an H200, the per-thread reductions cost 12-14% of the backward at
-/// D = 128. The staging buffers alternate by step; before the warpgroup's barrier of a step,
-/// thread 0 waits until every earlier reduction has read its buffer, so the buffer written at
-/// step j + 1 (last read by the reduction of step j - 1) is free once the barrier of step j
-/// has been passed. The barrier is reached at every step (also when nothing is added), which
-/// keeps that true.
+/// The addition (dq_by_bulk) is either one bulk reduction of the warpgroup's share
+/// (`cp.reduce.async.bulk .add.f32` of 16 KiB, issued by thread 0 from a staging buffer in
+/// shared memory) or 8 `red.global.add.v4` per thread; kDqPath mixes the two (config.cuh).
+/// The two staging buffers alternate over the steps a warpgroup stages; before the
+/// warpgroup's barrier of such a step, thread 0 waits until every earlier reduction has read
+/// its buffer, so the buffer written at the next staged step (last read by the reduction of
+/// the staged step before this one) is free once this barrier has been passed. Every staged
+/// step reaches the barrier (also when nothing is added), which keeps that true.
 __device__ __forceinline__ void dkdv_dq_step(const BwdParams& p, const DkdvSmem& sm, const BwdSeqInfo& seq,
                                              int b, int j, Step st, int cw, int t) {
     const int tile = j & 1;
@@ -393,7 +401,7 @@ __device__ __forceinline__ void dkdv_dq_step(const BwdParams& p, const DkdvSmem&
         return reinterpret_cast<float*>(p.dq_accum_ptr) +
                dq_accum_offset(ws_tile, st.h, p.heads, kDqSplitRows ? 0 : cw * kDqGroups, thread);
     };
-    if (!dq_by_bulk(cw)) {  // experiment (SA_DQ_PATH): per-thread reductions
+    if (!dq_by_bulk(cw, j)) {  // per-thread reductions
         if (!add) return;
         float* dst = dst_of(t);
 #pragma unroll
@@ -401,7 +409,7 @@ __device__ __forceinline__ void dkdv_dq_step(const BwdParams& p, const DkdvSmem&
             red_add_v4_f32(dst + g * 4 * 128, dq[4 * g], dq[4 * g + 1], dq[4 * g + 2], dq[4 * g + 3]);
         return;
     }
-    const u32 stage = sm.dq_stage(cw, j & 1);
+    const u32 stage = sm.dq_stage(cw, dq_stage_of(j));
     if (add) {
         // Fragment order, as in the workspace: group g of thread t at (g * 128 + t) * 16 bytes.
 #pragma unroll
@@ -521,7 +529,7 @@ __device__ __forceinline__ void dkdv_consume(const BwdParams& p, const DkdvSmem&
     }
     if (p.atomic_dq && n_tiles > 0) {
         dkdv_dq_step(p, sm, seq, b, n_tiles - 1, prev, cw, t);
-        if (t == 0 && dq_by_bulk(cw)) bulk_wait<0>();  // the last reduction has completed before the CTA exits
+        if (t == 0 && SA_DQ_PATH != 1) bulk_wait<0>();  // the last reduction has completed before the CTA exits
     }
 }
 

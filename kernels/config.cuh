@@ -63,6 +63,16 @@ struct FwdConfigOverride {
 template <int D>
 struct BwdConfig;
 
+/// How the dK/dV kernel adds dQ (kDqPath; bwd_sm90.cu, SA_DQ_PATH): 0 both consumer warpgroups
+/// by bulk reductions from shared memory, 1 both by per-thread `red.global.add.v4`, 2 warpgroup 0
+/// by bulk reductions and warpgroup 1 per thread, 3 the two paths alternating by step. One
+/// path alone loads one resource (shared-memory bandwidth, or L2 atomics and issue slots);
+/// splitting them loads both less. Measured on an H200 (fourth session, bf16, dense, TFLOPS,
+/// two rounds each, A/B in one call), paths 0 / 1 / 2 / 3: D=64 N=4k 432 / 413 / 445 / 432,
+/// N=16k 457 / 435 / 483 / 465; D=128 N=4k 481 / 462 / 509 / 509, N=16k 516 / 492 / 547 / 555.
+/// A third Q/dO stage in the shared memory that path 2 frees changed nothing (D=128 16k 550
+/// against 547, D=64 482 against 483).
+///
 /// D = 64: 128 queries per dK/dV step (twice the GEMM work per step's fixed costs; 64 at D =
 /// 128, where the accumulators leave no registers for it).
 template <>
@@ -72,6 +82,7 @@ struct BwdConfig<64> {
     static constexpr int kQueryBlock = 128;  // dQ kernel: queries per CTA (64 per warpgroup)
     static constexpr int kKeyTile = 64;      // dQ kernel: keys per step (wgmma N)
     static constexpr int kStages = 2;        // ring depth of the streamed tiles, both kernels
+    static constexpr int kDqPath = 2;        // how dQ is added (SA_DQ_PATH in bwd_sm90.cu)
 };
 
 template <>
@@ -81,6 +92,7 @@ struct BwdConfig<128> {
     static constexpr int kQueryBlock = 128;
     static constexpr int kKeyTile = 64;
     static constexpr int kStages = 2;
+    static constexpr int kDqPath = 3;
 };
 
 /// Derived sizes shared by the kernel and the host (the host mirrors them in launch.rs).

@@ -57,6 +57,9 @@ pub(crate) struct BwdTiles {
     pub key_tile: usize,
     /// Ring depth of the streamed tiles.
     pub stages: usize,
+    /// dK/dV kernel: how dQ is added (`kDqPath`: 2 = warpgroup 0 by bulk reductions, the other
+    /// per thread; 3 = the two alternating by step).
+    pub dq_path: usize,
 }
 
 impl BwdTiles {
@@ -69,6 +72,7 @@ impl BwdTiles {
             query_block: 128,
             key_tile: 64,
             stages: 2,
+            dq_path: if d == 64 { 2 } else { 3 },
         }
     }
 
@@ -89,8 +93,14 @@ impl BwdTiles {
         let qdo = self.query_tile * d * 2;
         // Two dS tiles of query_tile x key_block 16-bit values (`2 * 2 * kDsBytes`).
         let ds = self.query_tile * self.key_block * 2;
-        // Two staging buffers per consumer warpgroup for its 64 x 64 fp32 dQ share.
-        let dq_stage = 2 * 2 * 64 * 64 * 4;
+        // Two staging buffers for the 64 x 64 fp32 dQ share of each consumer warpgroup that
+        // adds by bulk reductions (`kDqStagers`).
+        let stagers = match self.dq_path {
+            1 => 0,
+            2 => 1,
+            _ => 2,
+        };
+        let dq_stage = stagers * 2 * 64 * 64 * 4;
         let barriers = 8 * (4 + 2 * self.stages + 4);
         (1024 + 2 * kv + 2 * self.stages * qdo + 2 * ds + dq_stage + barriers) as u32
     }
@@ -333,11 +343,12 @@ mod tests {
             assert_eq!(t.query_block, value("kQueryBlock"), "d{d}");
             assert_eq!(t.key_tile, value("kKeyTile"), "d{d}");
             assert_eq!(t.stages, value("kStages"), "d{d}");
+            assert_eq!(t.dq_path, value("kDqPath"), "d{d}");
         }
         // Shared memory as the kernel computes it (bwd_sm90.cu).
         let (t64, t128) = (BwdTiles::for_head_dim(64), BwdTiles::for_head_dim(128));
         assert_eq!(t128.dkdv_smem_bytes(128), 230_496);
-        assert_eq!(t64.dkdv_smem_bytes(64), 230_496);
+        assert_eq!(t64.dkdv_smem_bytes(64), 197_728);
         assert_eq!(t128.dq_smem_bytes(128), 132_120);
     }
 
