@@ -262,11 +262,13 @@ fn atol(dtype: DType) -> f64 {
     }
 }
 
-/// The part of a tanh's error that varies slowly with its argument, which the emulation (tanh
-/// rounded to `fast_sigmoid_bits` bits: errors that change sign and cancel) does not model.
-/// Measured through d_bias: ~2.8e-6 for CUDA's tanh.approx near t = −0.996, ~1e-7 for
-/// lavapipe's tanh (BENCHMARKS.md, third session). 2^-17 leaves a margin of ~3.
-/// `kernels/dev/sigmoid_error.py` measures the CUDA curve directly.
+/// A systematic error per unit of ∂d_bias/∂t that the emulation (tanh rounded to
+/// `fast_sigmoid_bits` bits: errors that change sign and cancel) does not model. Inferred from
+/// two d_bias failures (BENCHMARKS.md, third session): ~2.8e-6 for CUDA, ~1e-7 for lavapipe;
+/// 2^-17 leaves a margin of ~3. The CUDA tanh.approx curve measured since
+/// (`kernels/dev/sigmoid_error.py`, fourth session) drifts by under 1e-6 in t around the failing
+/// case's logits, so tanh explains only part of the CUDA figure; the rest has no known cause,
+/// and this stays an empirical allowance.
 const TANH_DRIFT: f64 = 1.0 / 131_072.0;
 
 /// Extra tolerance of d_bias for a fast-sigmoid backend: a tanh error that is the same for
