@@ -80,7 +80,11 @@ struct BwdConfig;
 /// two rounds each, A/B in one call), paths 0 / 1 / 2 / 3: D=64 N=4k 432 / 413 / 445 / 432,
 /// N=16k 457 / 435 / 483 / 465; D=128 N=4k 481 / 462 / 509 / 509, N=16k 516 / 492 / 547 / 555.
 /// A third Q/dO stage in the shared memory that path 2 frees changed nothing (D=128 16k 550
-/// against 547, D=64 482 against 483).
+/// against 547, D=64 482 against 483). Also dropped (same session, A/B in one call, patch
+/// kernels/dev/experiments/bwd_one_fence_relaxed_release.patch against 61f7ba3): one
+/// fence.proxy.async per step for both the dS tile and the dQ staging (D=128 16k 553 against
+/// 557, D=64 471 against 483), and releasing the Q/dO stage by a relaxed arrive without the
+/// __syncwarp (D=128 16k 495 against 557: keeping the warps together matters here).
 ///
 /// D = 64: 128 queries per dK/dV step (twice the GEMM work per step's fixed costs; 64 at D =
 /// 128, where the accumulators leave no registers for it).
