@@ -18,7 +18,7 @@
 // Variant macros (set by build_cubins.py / src/cuda/nvrtc.rs):
 //   SA_HEAD_DIM = 64 | 128, SA_F16 (else bf16), SA_ACCURATE (else fast tanh sigmoid).
 // Experiment macros (never in shipped cubins): SA_OVERLAP (intra-warpgroup overlap of S(n+1)
-// with P(n) V(n)), SA_PINGPONG / SA_NO_PINGPONG, SA_JOINT_EMPTY, SA_NO_V_ZERO, SA_Q_IN_REGS (each
+// with P(n) V(n)), SA_CHAIN (S(n+1) issued right behind P(n) V(n), one wait for both), SA_PINGPONG / SA_NO_PINGPONG, SA_JOINT_EMPTY, SA_NO_V_ZERO, SA_Q_IN_REGS (each
 // warpgroup keeps its Q rows as wgmma A fragments in registers: S = Q K^T reads only K from
 // shared memory), and
 // SA_BLOCK_M + SA_BLOCK_N + SA_STAGES (tile override, config.cuh).
@@ -323,7 +323,39 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
         mbar_wait(sm.q_full(), 0);
         u32 qf[kD / 16][4];
         if constexpr (q_in_regs()) load_q_fragments<kD>(qf, sm, cw, warp, lane);
-#if !defined(SA_OVERLAP)
+#if defined(SA_CHAIN) && !defined(SA_OVERLAP)
+        // SA_CHAIN schedule (experiment, no ping-pong): S(n+1) is issued right behind P(n) V(n)
+        // and both are waited for together, so that the tensor pipe has this warpgroup's next
+        // product queued instead of waiting for the warp to wake, release V and issue it.
+        static_assert(!kPingPong, "SA_CHAIN is written for free interleaving (D = 128)");
+        auto s_gemm = [&](int n) {
+            mbar_wait(sm.k_full(n % kStages), (n / kStages) & 1);
+            gemm_qk<kBlockN>(s_acc, sm, n % kStages, cw);
+        };
+        auto p_of_s = [&](int n) {  // after S(n) has completed
+            reg_fence(s_acc);
+            if (kReleaseK && lane == 0) mbar_arrive(sm.k_empty(n % kStages));
+            sigmoid_mask(s_acc, coef, needs_mask(n), row0, n * kBlockN + col_lane, seq.len_k, p.causal);
+            pack_fragments<kBlockN>(s_acc, pf);
+        };
+        // PV(n), then S(n + 1) unless n is the last tile; `last` is a constant at each call site.
+        auto chain = [&](int n, bool last) {
+            const int s = n % kStages;
+            mbar_wait(sm.v_full(s), (n / kStages) & 1);
+            if (kZeroVTail && last && (n + 1) * kBlockN > seq.len_k) zero_v_tail(sm, s, seq.len_k - n * kBlockN);
+            gemm_pv<kD>(o, pf, sm, s);
+            if (!last) s_gemm(n + 1);
+            wgmma_wait<0>();
+            reg_fence(o);
+            if (lane == 0) mbar_arrive(sm.v_empty(s));
+            if (!last) p_of_s(n + 1);
+        };
+        s_gemm(0);
+        wgmma_wait<0>();
+        p_of_s(0);
+        for (int n = 0; n + 1 < tr.n_end; ++n) chain(n, false);
+        chain(tr.n_end - 1, true);
+#elif !defined(SA_OVERLAP)
         // Default schedule: every wgmma group is waited for at once; the consumer warpgroups
         // interleave on the tensor cores. (Measured on an H200: faster than the SA_OVERLAP
         // schedule below, 627 vs 483 TFLOPS at D=128, N=16k; 424 vs 444 at D=64.)
