@@ -10,6 +10,9 @@
 #       carry=["target/h200", "kernels/dev/cubin"])
 #
 # PASS is fwd or bwd; options after -- go to bench_table (default: --pad 0 --n 4096,16384).
+# An experiment whose host side differs (e.g. a shared-memory size the host mirrors) brings its
+# own binaries: kernels/dev/cubin/NAME/bench_table and cuda_tests, when present, replace those of
+# target/h200 for that experiment.
 # Correctness: with AB_CHECK=1 each experiment first runs the conformance suite of its pass
 # and the raw:: tests (deterministic mode, raw entry points) with its cubins; a failing
 # experiment is still timed, and its failure is printed above the table.
@@ -45,7 +48,9 @@ nvidia-smi -L
 # "LABEL D N pad TFLOPS" are appended to $OUT/rows.txt.
 bench() {
     local label=$1 dir=$2
-    TAIL=0 step "$label" 150 env SIGMOID_ATTN_CUDA_CUBIN_DIR="$dir" "$BIN" --backend cuda \
+    local bin=$BIN
+    [ -n "$dir" ] && [ -x "$dir/bench_table" ] && bin=$dir/bench_table
+    TAIL=0 step "$label" 150 env SIGMOID_ATTN_CUDA_CUBIN_DIR="$dir" "$bin" --backend cuda \
         --pass "$pass" --dtype bf16 --reps 10 --no-check "${extra[@]}"
     grep '^| [0-9]' "$OUT/$label.log" |
         awk -F'|' -v l="$label" -v c="$col" '{gsub(/ /, "", $c); print l, $2 + 0, $3 + 0, $4, $c}' >>"$OUT/rows.txt"
@@ -54,9 +59,11 @@ if [ "${AB_CHECK:-0}" = 1 ]; then
     suite=forward
     [ "$pass" = bwd ] && suite=backward
     for n in "${names[@]}"; do
+        tests=target/h200/cuda_tests
+        [ -x "kernels/dev/cubin/$n/cuda_tests" ] && tests=kernels/dev/cubin/$n/cuda_tests
         for t in "conformance::$suite" raw::; do
             TAIL=0 step "check.$n.${t%%:*}" 120 env SIGMOID_ATTN_CUDA_CUBIN_DIR="kernels/dev/cubin/$n" \
-                target/h200/cuda_tests --test-threads=1 --nocapture "$t"
+                "$tests" --test-threads=1 --nocapture "$t"
             grep -hE "FAILED  |passed,.*failed|^test result" "$OUT/check.$n.${t%%:*}.log" | sort -u
         done
     done
