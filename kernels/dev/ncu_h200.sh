@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Nsight Compute profiles of the Hopper kernels in ONE device call (fourth session's method).
+#
+#   bash kernels/dev/bwd_h200.sh prepare          # here: target/h200
+#   run(command="bash kernels/dev/ncu_h200.sh [NAME]", carry=["target/h200", "kernels/dev/cubin"])
+#
+# Profiles one launch (after two warm-up launches, ncu at base clocks) of the forward at D=128
+# and D=64 and of the backward dK/dV kernel at D=128, N=16k, dense, bf16 — with the experiment
+# cubins of kernels/dev/cubin/NAME when NAME is given. Writes to $OUT, per profile, the details
+# page (.details.txt: speed of light, pipes, warp states, occupancy) and the per-SASS-instruction
+# export (.sass.csv, for kernels/dev/ncu_summary.py here); prints the headline metrics and the
+# summary. About 10 s per profile.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/sa-ncu-out}
+mkdir -p "$OUT"
+dir=""
+[ -n "${1:-}" ] && dir=kernels/dev/cubin/$1
+# shellcheck source=step.sh
+. kernels/dev/step.sh
+NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
+[ -n "$NCU" ] || { echo "ncu not found"; exit 2; }
+"$NCU" --version | tail -1
+profile() {  # NAME KERNEL_REGEX PASS D
+    TAIL=2 step "ncu.$1" 170 env SIGMOID_ATTN_CUDA_CUBIN_DIR="$dir" "$NCU" --set full --import-source no \
+        -k "regex:$2" --launch-skip 2 -c 1 -o "/tmp/$1" target/h200/bench_table --backend cuda \
+        --pass "$3" --dtype bf16 --d "$4" --n 16384 --pad 0 --reps 3 --no-check --warmup-ms 0
+    "$NCU" --import "/tmp/$1.ncu-rep" --page details >"$OUT/$1.details.txt" 2>&1
+    "$NCU" --import "/tmp/$1.ncu-rep" --page source --csv --print-source sass >"$OUT/$1.sass.csv" 2>&1
+    grep -E "Duration|Compute \(SM\) Throughput|Issue Slots Busy|No Eligible|Eligible Warps" "$OUT/$1.details.txt" | head -6
+    python3 kernels/dev/ncu_summary.py "$OUT/$1.sass.csv" 8
+}
+profile fwd128 sigmoid_attn_fwd fwd 128
+profile fwd64 sigmoid_attn_fwd fwd 64
+profile bwd128 sigmoid_attn_bwd_dkdv bwd 128
