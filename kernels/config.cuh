@@ -24,10 +24,11 @@ struct FwdConfig<64> {
 /// 603 against 468/567/616, D=64 357/441/464 against 352/460/494 TFLOPS (the inner loop's SASS
 /// was the same within a dozen instructions; kernels/dev/experiments/fwd_persistent.patch, against 849cd3a).
 ///
-/// Fourth session, measured and dropped (bf16, dense, two rounds each, A/B in one call; patch
-/// kernels/dev/experiments/fwd_mask_loops_fma_sigmoid.patch, against 043e1d2): Q kept in
-/// registers as wgmma A fragments (D=128 16k 610/621 against 609/596, D=64 483/485 against 488/489); the mask test
-/// moved out of the element loop into two loops (ncu had shown 38-41% of the issued
+/// Fourth session, measured and dropped (bf16, dense, two rounds each, A/B in one call;
+/// patches in kernels/dev/experiments/): Q kept in registers as wgmma A fragments
+/// (fwd_q_in_regs.patch; D=128 16k 610/621 against 609/596, D=64 483/485 against 488/489);
+/// in fwd_mask_loops_fma_sigmoid.patch (against 043e1d2), the mask test moved out of the
+/// element loop into two loops (ncu had shown 38-41% of the issued
 /// instructions predicated off; issue-slot use fell from 50% to 31% at D=128 and 71% to 39% at
 /// D=64, yet TFLOPS moved by +1% at D=128 and -1.5% at D=64: issue slots were not the limit);
 /// every 8th (4th) sigmoid computed on the FMA pipe instead of MUFU, D=64 16k 492/495

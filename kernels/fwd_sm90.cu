@@ -18,10 +18,9 @@
 // Variant macros (set by build_cubins.py / src/cuda/nvrtc.rs):
 //   SA_HEAD_DIM = 64 | 128, SA_F16 (else bf16), SA_ACCURATE (else fast tanh sigmoid).
 // Experiment macros (never in shipped cubins): SA_OVERLAP (intra-warpgroup overlap of S(n+1)
-// with P(n) V(n)), SA_CHAIN (S(n+1) issued right behind P(n) V(n), one wait for both), SA_PINGPONG / SA_NO_PINGPONG, SA_JOINT_EMPTY, SA_NO_V_ZERO, SA_Q_IN_REGS (each
-// warpgroup keeps its Q rows as wgmma A fragments in registers: S = Q K^T reads only K from
-// shared memory), and
-// SA_BLOCK_M + SA_BLOCK_N + SA_STAGES (tile override, config.cuh).
+// with P(n) V(n)), SA_CHAIN (S(n+1) issued right behind P(n) V(n), one wait for both),
+// SA_PINGPONG / SA_NO_PINGPONG, SA_JOINT_EMPTY, SA_NO_V_ZERO, and SA_BLOCK_M + SA_BLOCK_N +
+// SA_STAGES (tile override, config.cuh).
 #include "ptx.cuh"
 #include "params.cuh"
 #include "config.cuh"
@@ -176,50 +175,6 @@ __device__ __forceinline__ void gemm_qk(float (&s_acc)[N / 2], const Smem& sm, i
     wgmma_commit();
 }
 
-/// SA_Q_IN_REGS (a function, not a constant: a namespace-scope constant would add a symbol
-/// to the shipped cubins).
-__device__ __forceinline__ constexpr bool q_in_regs() {
-#if defined(SA_Q_IN_REGS)
-    return true;
-#else
-    return false;
-#endif
-}
-
-/// This warp's 16 rows of the warpgroup's Q rows as wgmma A fragments, one per 16 columns
-/// (ldmatrix from the swizzled Q tile). A template, so that builds without SA_Q_IN_REGS do
-/// not contain it.
-template <int D>
-__device__ __forceinline__ void load_q_fragments(u32 (&qf)[D / 16][4], const Smem& sm, int cw, int warp, int lane) {
-    const int m = lane / 8;  // the 8 x 8 matrix this lane addresses
-    const int row = cw * 64 + warp * 16 + lane % 8 + 8 * (m % 2);
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-        const int col = (kk % 4) * 16 + 8 * (m / 2);
-        ldmatrix_x4(sm.q + (kk / 4) * Shape::kQSubBytes + sw128_offset(row, col), qf[kk][0], qf[kk][1], qf[kk][2],
-                    qf[kk][3]);
-    }
-}
-
-/// S = Q K^T with Q from registers (q_in_regs()): kD/16 wgmma steps of k16, K K-major.
-template <int N>
-__device__ __forceinline__ void gemm_qk_rs(float (&s_acc)[N / 2], const u32 (&qf)[kD / 16][4], const Smem& sm,
-                                           int stage) {
-    static_assert(N == 64 || N == 128, "RS S GEMM shapes: m64n{64,128}");
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kD / 16; ++kk) {
-        const int c = kk / 4, w = kk % 4;
-        const u64 db = wgmma_desc_sw128(sm.k_tile(stage) + c * Shape::kKVSubBytes + w * 32, 16, 1024);
-        if constexpr (N == 128) {
-            wgmma_rs_n128<0>(s_acc, qf[kk], db, kk > 0 ? 1 : 0);
-        } else {
-            wgmma_rs_n64<0>(s_acc, qf[kk], db, kk > 0 ? 1 : 0);
-        }
-    }
-    wgmma_commit();
-}
-
 /// O += P V: kBlockN/16 wgmma steps, P from registers, V read N-major (the head dim contiguous);
 /// the two 64-column halves of V (D = 128) are kKVSubBytes apart (leading byte offset).
 template <int D>
@@ -321,8 +276,6 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
         float s_acc[kBlockN / 2];
         u32 pf[kBlockN / 16][4];
         mbar_wait(sm.q_full(), 0);
-        u32 qf[kD / 16][4];
-        if constexpr (q_in_regs()) load_q_fragments<kD>(qf, sm, cw, warp, lane);
 #if defined(SA_CHAIN) && !defined(SA_OVERLAP)
         // SA_CHAIN schedule (experiment, no ping-pong): S(n+1) is issued right behind P(n) V(n)
         // and both are waited for together, so that the tensor pipe has this warpgroup's next
@@ -372,11 +325,7 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
             const u32 phase = (n / kStages) & 1;
             mbar_wait(sm.k_full(s), phase);
             if (kPingPong) named_barrier_sync(my_turn, 128 * 2);
-            if constexpr (q_in_regs()) {
-                gemm_qk_rs<kBlockN>(s_acc, qf, sm, s);
-            } else {
-                gemm_qk<kBlockN>(s_acc, sm, s, cw);
-            }
+            gemm_qk<kBlockN>(s_acc, sm, s, cw);
             // The last warpgroup skips its final hand-over: every barrier phase is completed.
             if (kPingPong && (cw != Shape::kConsumers - 1 || !last)) named_barrier_arrive(next_turn, 128 * 2);
             wgmma_wait<0>();

@@ -266,17 +266,6 @@ __device__ __forceinline__ u32 sw128_offset(int row, int col) {
     return static_cast<u32>(row * 128 + ((((col >> 3) ^ (row & 7)) & 7) << 4) + (col & 7) * 2);
 }
 
-/// `ldmatrix.sync.aligned.m8n8.x4.shared.b16`: four 8 x 8 matrices of 16-bit elements. Lane l
-/// gives the address of row l % 8 of matrix l / 8 and receives, in register m, the pair of
-/// elements (row l / 4, columns 2 (l % 4), + 1) of matrix m: with matrices (rows 0-7, cols 0-7),
-/// (8-15, 0-7), (0-7, 8-15), (8-15, 8-15) of a 16 x 16 block, the wgmma A fragment of that block.
-__device__ __forceinline__ void ldmatrix_x4(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr)
-                 : "memory");
-}
-
 }  // namespace sa
 
 #include "wgmma.cuh"

@@ -13,21 +13,27 @@ fn cuda_feature_disabled() {
     println!("conformance cuda: skipped: built without the `cuda` feature");
 }
 
+/// The backend, or `None` (after saying why) on a machine without a usable Hopper GPU.
+#[cfg(feature = "cuda")]
+fn backend() -> Option<sigmoid_attn::cuda::CudaBackend> {
+    match sigmoid_attn::cuda::CudaBackend::new() {
+        Ok(b) => Some(b),
+        Err(e @ sigmoid_attn::Error::DeviceUnavailable { .. }) => {
+            println!("cuda: skipped: {e}");
+            None
+        }
+        Err(e) => panic!("cuda backend: {e}"),
+    }
+}
+
 /// One padded backward case in both dQ modes (the case that compute-sanitizer runs in
 /// kernels/dev/bwd_h200.sh): lengths 0, full, 1 and partial, NaN-poisoned outputs.
 #[cfg(feature = "cuda")]
 #[test]
 fn backward_padded_case() {
     use common::{cases, run_case, Outcome, Pass};
-    use sigmoid_attn::{cuda::CudaBackend, DType, Error};
-    let be = match CudaBackend::new() {
-        Ok(b) => b,
-        Err(e @ Error::DeviceUnavailable { .. }) => {
-            println!("cuda backward padded case: skipped: {e}");
-            return;
-        }
-        Err(e) => panic!("cuda backend: {e}"),
-    };
+    use sigmoid_attn::DType;
+    let Some(be) = backend() else { return };
     let case = cases()
         .into_iter()
         .find(|c| c.name == "padded: empty, full, one, partial")
@@ -50,22 +56,18 @@ fn backward_padded_case() {
 #[cfg(feature = "cuda")]
 mod raw {
     use super::common::Rng;
-    use sigmoid_attn::cuda::{CudaBackend, RawGradTensors, RawTensors};
+    use sigmoid_attn::cuda::{CudaBackend, CudaBuffer, RawGradTensors, RawTensors};
     use sigmoid_attn::{Backend, DType, Error, HostTensor, Lengths, Plan, Problem};
 
     use cudarc::driver::result::stream::{self, StreamKind};
     use cudarc::driver::sys::CUevent_flags;
     use cudarc::driver::DevicePtr;
 
-    fn backend() -> Option<CudaBackend> {
-        match CudaBackend::new() {
-            Ok(b) => Some(b),
-            Err(e @ Error::DeviceUnavailable { .. }) => {
-                println!("cuda: skipped: {e}");
-                None
-            }
-            Err(e) => panic!("cuda backend: {e}"),
-        }
+    use super::backend;
+
+    /// The device address of `b` (its memory stays owned by `b`).
+    fn dev_ptr(be: &CudaBackend, b: &CudaBuffer) -> u64 {
+        b.as_slice().device_ptr(be.stream()).0
     }
 
     /// forward_raw on a caller-created stream gives the same bytes as forward.
@@ -89,8 +91,7 @@ mod raw {
         be.forward(&plan, &q, &k, &v, &mut o1).unwrap();
         be.warm_up(&plan).unwrap();
         be.synchronize().unwrap();
-        let s = be.stream();
-        let ptr = |b: &sigmoid_attn::cuda::CudaBuffer| b.as_slice().device_ptr(s).0;
+        let ptr = |b: &CudaBuffer| dev_ptr(&be, b);
         let ptrs = RawTensors {
             q: ptr(&q),
             k: ptr(&k),
@@ -132,8 +133,7 @@ mod raw {
         let [q, k, v, d_o, dq, dk, dv, db] =
             super::common::backward_buffers(&be, &plan, &inputs).unwrap();
         be.synchronize().unwrap();
-        let s = be.stream();
-        let ptr = |b: &sigmoid_attn::cuda::CudaBuffer| b.as_slice().device_ptr(s).0;
+        let ptr = |b: &CudaBuffer| dev_ptr(&be, b);
         let ptrs = RawGradTensors {
             q: ptr(&q),
             k: ptr(&k),
@@ -246,7 +246,7 @@ mod raw {
         let v = be.upload(&rng.tensor(DType::BF16, total)).unwrap();
         let o = be.alloc(DType::BF16, total).unwrap();
         let s = be.stream().clone();
-        let ptr = |b: &sigmoid_attn::cuda::CudaBuffer| b.as_slice().device_ptr(&s).0;
+        let ptr = |b: &CudaBuffer| dev_ptr(&be, b);
         let ptrs = RawTensors {
             q: ptr(&q),
             k: ptr(&k),
