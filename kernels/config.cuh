@@ -6,23 +6,34 @@ namespace sa {
 template <int D>
 struct FwdConfig;
 
+/// Both head dims run one schedule (fwd_sm90.cu, consume()): each consumer warpgroup issues
+/// S(n+1) = Q K(n+1)^T together with O += P(n) V(n) and computes the sigmoid of S(n+1) while
+/// P(n) V(n) runs, and the warpgroups take turns to issue their pairs. Measured on an H200
+/// (fifth session, bf16, dense, TFLOPS at N = 16k / 4k, two rounds each, A/B in one call), at
+/// D = 128 with 128 x 128 tiles: every product waited for at once, warpgroups interleaving
+/// freely (shipped until 7d95cea) 581 / 557; turns for the S products only 604 / 562; separate
+/// turns for S and for P V 596 / 552; the pair without turns 559 / 525; the pair with turns
+/// 646 / 604. Turns matter because without them the products of all warpgroups interleave on
+/// the tensor cores, finish together and leave them idle during everyone's sigmoid.
+///
 /// D = 64: the sigmoid costs as much SFU time as the two GEMMs take tensor-core time, so three
-/// consumer warpgroups take turns on the tensor cores (ping-pong). Measured on an H200 (bf16,
-/// N = 16k, same run): 508 TFLOPS against 424 for 128 rows / two warpgroups without turns, 479
-/// for 192 rows without turns, 453 for 192 x 176 tiles.
+/// consumer warpgroups share the tensor cores. Fifth session (pair schedule against S-only turns,
+/// one call): N = 16k 520 / 510 against 500 / 497, 4k 481 / 476 against 463 / 450. Before that,
+/// with S-only turns (bf16, N = 16k, same run): 508 TFLOPS against 424 for 128 rows / two
+/// warpgroups without turns, 479 for 192 rows without turns, 453 for 192 x 176 tiles.
 template <>
 struct FwdConfig<64> {
     static constexpr int kBlockM = 192;  // query rows per CTA: 3 consumer warpgroups x 64
     static constexpr int kBlockN = 128;  // keys per K/V tile
     static constexpr int kStages = 4;    // K/V ring depth
-    static constexpr bool kPingPong = true;
 };
 
 /// Both head dims launch one CTA per output tile. Measured on an H200 (third session, bf16, A/B
 /// in one run) and dropped: a persistent grid (one CTA per SM walking tiles, the next tile's Q
 /// loaded as soon as the last S GEMM of the current one has read Q): D=128 1k/4k/16k 477/565/
 /// 603 against 468/567/616, D=64 357/441/464 against 352/460/494 TFLOPS (the inner loop's SASS
-/// was the same within a dozen instructions; kernels/dev/experiments/fwd_persistent.patch, against 849cd3a).
+/// was the same within a dozen instructions; kernels/dev/experiments/fwd_persistent.patch,
+/// against 849cd3a).
 ///
 /// Fourth session, measured and dropped (bf16, dense, two rounds each, A/B in one call;
 /// patches in kernels/dev/experiments/): Q kept in registers as wgmma A fragments
@@ -33,16 +44,23 @@ struct FwdConfig<64> {
 /// D=64, yet TFLOPS moved by +1% at D=128 and -1.5% at D=64: issue slots were not the limit);
 /// every 8th (4th) sigmoid computed on the FMA pipe instead of MUFU, D=64 16k 492/495
 /// (448/448) against 498/498, D=128 556/554 (515/517) against 618/610.
+/// Fifth session, with the free-interleaving schedule of 7d95cea, dropped: S(n+1) issued right
+/// behind P(n) V(n) with one wait for both (fwd_chain.patch, against 857b7d8; D=128 16k
+/// 568/564 against 607/612); K and V streamed by two producer threads into rings of their own
+/// depth (fwd_split_rings.patch, against 7d95cea; D=128 16k, depths K/V 2/2 616/626, 3/2 609/607, 3/3 609/594, 4/2
+/// 612/614 against 611/619 for one producer; D=64 499/496 against 502/505). Nsight Compute put
+/// L2 throughput at 33% (D=128) and 20% (D=64) of peak: the K/V re-reads are not a limit.
 ///
-/// D = 128: Q 32 KiB + 2 x (K 32 KiB + V 32 KiB) = 160 KiB of shared memory. Measured on an
-/// H200 (bf16, N = 4k/16k): 128 x 176 tiles, 192 x 128 tiles and a 3-deep ring were all slower
-/// (557-598 against 611-625).
+/// D = 128: Q 32 KiB + 2 x (K 44 KiB + V 44 KiB) = 208 KiB of shared memory. Measured on an
+/// H200 with the pair schedule (fifth session, one call, N = 16k / 4k): 128 x 176 tiles 680 /
+/// 620 (two rounds: 679 / 614) against 666 / 619 (659 / 618) for 128 x 128 tiles, and 657 / 620
+/// for 128 x 128 tiles with a 3-deep ring. (With the earlier schedule, 128 x 176, 192 x 128 and
+/// a 3-deep ring were all slower than 128 x 128.)
 template <>
 struct FwdConfig<128> {
     static constexpr int kBlockM = 128;
-    static constexpr int kBlockN = 128;
+    static constexpr int kBlockN = 176;
     static constexpr int kStages = 2;
-    static constexpr bool kPingPong = false;  // measured: no better than free interleaving here
 };
 
 // Experiments may override the shape of the compiled head dim (not used by shipped cubins).
@@ -52,11 +70,6 @@ struct FwdConfigOverride {
     static constexpr int kBlockM = SA_BLOCK_M;
     static constexpr int kBlockN = SA_BLOCK_N;
     static constexpr int kStages = SA_STAGES;
-#if defined(SA_PINGPONG)
-    static constexpr bool kPingPong = true;
-#else
-    static constexpr bool kPingPong = false;
-#endif
 };
 #define SA_CONFIG FwdConfigOverride
 #else

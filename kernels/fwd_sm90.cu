@@ -17,9 +17,7 @@
 //
 // Variant macros (set by build_cubins.py / src/cuda/nvrtc.rs):
 //   SA_HEAD_DIM = 64 | 128, SA_F16 (else bf16), SA_ACCURATE (else fast tanh sigmoid).
-// Experiment macros (never in shipped cubins): SA_OVERLAP (intra-warpgroup overlap of S(n+1)
-// with P(n) V(n)), SA_CHAIN (S(n+1) issued right behind P(n) V(n), one wait for both),
-// SA_PINGPONG / SA_NO_PINGPONG, SA_JOINT_EMPTY, SA_NO_V_ZERO, and SA_BLOCK_M + SA_BLOCK_N +
+// Experiment macros (never in shipped cubins): SA_NO_V_ZERO, and SA_BLOCK_M + SA_BLOCK_N +
 // SA_STAGES (tile override, config.cuh).
 #include "ptx.cuh"
 #include "params.cuh"
@@ -43,15 +41,9 @@ constexpr bool kZeroVTail = false;  // experiment: padding rows of V must then b
 #else
 constexpr bool kZeroVTail = true;
 #endif
-// Named barriers: 0 is __syncthreads, 1..kConsumers the ping-pong turns, then this one.
+// Named barriers: 0 is __syncthreads, 1..kConsumers the turns of the consumer warpgroups on
+// the tensor cores, then this one.
 constexpr u32 kBarrierVTail = 1 + Shape::kConsumers;
-#if defined(SA_PINGPONG)
-constexpr bool kPingPong = true;
-#elif defined(SA_NO_PINGPONG)
-constexpr bool kPingPong = false;
-#else
-constexpr bool kPingPong = Cfg::kPingPong;
-#endif
 static_assert(kD == 64 || kD == 128, "head dims with a tuned config: 64, 128");
 static_assert(kBlockN == 64 || kBlockN == 128 || kBlockN == 176, "S wgmma shapes: m64n{64,128,176}");
 
@@ -61,12 +53,6 @@ constexpr int kProducerRegs = Shape::kConsumers == 2 ? 24 : 32;
 constexpr int kConsumerRegs = Shape::kConsumers == 2 ? 240 : 160;
 static_assert(128 * kProducerRegs + 128 * Shape::kConsumers * kConsumerRegs <= 65536,
               "register budget of one SM");
-
-#if defined(SA_JOINT_EMPTY)
-constexpr bool kReleaseK = false;
-#else
-constexpr bool kReleaseK = true;
-#endif
 
 /// The sequence of batch element b: from the per-sequence table, or the uniform description.
 __device__ __forceinline__ SeqInfo load_seq(const FwdParams& p, int b) {
@@ -136,18 +122,12 @@ __device__ __forceinline__ void produce(const TensorMap& tm_q, const TensorMap& 
         const int row = seq.k_start + n * kBlockN;
         // K and V of a stage are released separately: K once every consumer has its S tile,
         // V once the P V product is done, so the next K load starts a GEMM earlier.
-#if defined(SA_JOINT_EMPTY)
-        mbar_wait(sm.v_empty(s), phase ^ 1);  // experiment: K and V released together
-#else
         mbar_wait(sm.k_empty(s), phase ^ 1);
-#endif
         mbar_arrive_expect_tx(sm.k_full(s), Shape::kKVBytes);
 #pragma unroll
         for (int c = 0; c < Shape::kSub; ++c)
             tma_load_4d(sm.k_tile(s) + c * Shape::kKVSubBytes, &tm_k, sm.k_full(s), c * 64, row, kvh, bq);
-#if !defined(SA_JOINT_EMPTY)
         mbar_wait(sm.v_empty(s), phase ^ 1);
-#endif
         mbar_arrive_expect_tx(sm.v_full(s), Shape::kKVBytes);
 #pragma unroll
         for (int c = 0; c < Shape::kSub; ++c)
@@ -276,110 +256,59 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
         float s_acc[kBlockN / 2];
         u32 pf[kBlockN / 16][4];
         mbar_wait(sm.q_full(), 0);
-#if defined(SA_CHAIN) && !defined(SA_OVERLAP)
-        // SA_CHAIN schedule (experiment, no ping-pong): S(n+1) is issued right behind P(n) V(n)
-        // and both are waited for together, so that the tensor pipe has this warpgroup's next
-        // product queued instead of waiting for the warp to wake, release V and issue it.
-        static_assert(!kPingPong, "SA_CHAIN is written for free interleaving (D = 128)");
-        auto s_gemm = [&](int n) {
-            mbar_wait(sm.k_full(n % kStages), (n / kStages) & 1);
-            gemm_qk<kBlockN>(s_acc, sm, n % kStages, cw);
-        };
-        auto p_of_s = [&](int n) {  // after S(n) has completed
-            reg_fence(s_acc);
-            if (kReleaseK && lane == 0) mbar_arrive(sm.k_empty(n % kStages));
-            sigmoid_mask(s_acc, coef, needs_mask(n), row0, n * kBlockN + col_lane, seq.len_k, p.causal);
-            pack_fragments<kBlockN>(s_acc, pf);
-        };
-        // PV(n), then S(n + 1) unless n is the last tile; `last` is a constant at each call site.
-        auto chain = [&](int n, bool last) {
-            const int s = n % kStages;
-            mbar_wait(sm.v_full(s), (n / kStages) & 1);
-            if (kZeroVTail && last && (n + 1) * kBlockN > seq.len_k) zero_v_tail(sm, s, seq.len_k - n * kBlockN);
-            gemm_pv<kD>(o, pf, sm, s);
-            if (!last) s_gemm(n + 1);
-            wgmma_wait<0>();
-            reg_fence(o);
-            if (lane == 0) mbar_arrive(sm.v_empty(s));
-            if (!last) p_of_s(n + 1);
-        };
-        s_gemm(0);
-        wgmma_wait<0>();
-        p_of_s(0);
-        for (int n = 0; n + 1 < tr.n_end; ++n) chain(n, false);
-        chain(tr.n_end - 1, true);
-#elif !defined(SA_OVERLAP)
-        // Default schedule: every wgmma group is waited for at once; the consumer warpgroups
-        // interleave on the tensor cores. (Measured on an H200: faster than the SA_OVERLAP
-        // schedule below, 627 vs 483 TFLOPS at D=128, N=16k; 424 vs 444 at D=64.)
-        // With kPingPong the consumer warpgroups take turns to issue their S GEMMs (named
-        // barriers 1..C), so that one's sigmoid runs while the next one's GEMM occupies the
-        // tensor cores.
+        // Schedule: S(n+1) = Q K(n+1)^T and O += P(n) V(n) are issued together, then the
+        // sigmoid of S(n+1) runs while P(n) V(n) is still on the tensor cores (nothing else waits
+        // for O: sigmoid needs no rescaling). The consumer warpgroups take turns to issue their
+        // pairs (named barriers 1..C; the first S and the last P V are turns of their own), so
+        // that one warpgroup's pair runs whole on the tensor cores while the others compute
+        // their sigmoid; without turns the pairs of all warpgroups interleave, finish together
+        // and leave the tensor cores idle during everyone's sigmoid.
         const u32 my_turn = 1 + cw, next_turn = 1 + (cw + 1) % Shape::kConsumers;
-        if (kPingPong && cw == Shape::kConsumers - 1) named_barrier_arrive(1, 128 * 2);
-        // One K/V tile. The last tile is peeled off the loop (`last` is a constant at each call
-        // site): only it can need the V tail zeroed, and keeping that code out of the loop body
-        // keeps the loop as fast as without it (measured: 20% at D=64 otherwise).
-        auto step = [&](int n, bool last) {
-            const int s = n % kStages;
-            const u32 phase = (n / kStages) & 1;
-            mbar_wait(sm.k_full(s), phase);
-            if (kPingPong) named_barrier_sync(my_turn, 128 * 2);
-            gemm_qk<kBlockN>(s_acc, sm, s, cw);
-            // The last warpgroup skips its final hand-over: every barrier phase is completed.
-            if (kPingPong && (cw != Shape::kConsumers - 1 || !last)) named_barrier_arrive(next_turn, 128 * 2);
-            wgmma_wait<0>();
-            reg_fence(s_acc);
-            if (kReleaseK && lane == 0) mbar_arrive(sm.k_empty(s));
-            sigmoid_mask(s_acc, coef, needs_mask(n), row0, n * kBlockN + col_lane, seq.len_k, p.causal);
-            pack_fragments<kBlockN>(s_acc, pf);
-            mbar_wait(sm.v_full(s), phase);
-            if (kZeroVTail && last && (n + 1) * kBlockN > seq.len_k) zero_v_tail(sm, s, seq.len_k - n * kBlockN);
-            gemm_pv<kD>(o, pf, sm, s);
-            wgmma_wait<0>();
-            reg_fence(o);
-            if (lane == 0) mbar_arrive(sm.v_empty(s));
+        if (cw == Shape::kConsumers - 1) named_barrier_arrive(1, 128 * 2);
+        auto turn_begin = [&]() { named_barrier_sync(my_turn, 128 * 2); };
+        // The last warpgroup skips its final hand-over, so that every barrier phase completes.
+        auto turn_end = [&](bool last) {
+            if (cw != Shape::kConsumers - 1 || !last) named_barrier_arrive(next_turn, 128 * 2);
         };
-        for (int n = 0; n + 1 < tr.n_end; ++n) step(n, false);
-        step(tr.n_end - 1, true);
-#else
-        // SA_OVERLAP schedule: S(n+1) = Q K(n+1)^T is issued before O += P(n) V(n); the sigmoid of
-        // S(n+1) then runs on the SFU while P(n) V(n) is still on the tensor cores. O is never
-        // rescaled, so nothing waits for the PV product except the reuse of the P registers.
+        // P(n) from S(n): release K(n)'s slot, sigmoid and masks in place.
+        auto sigmoid_of_s = [&](int n, int stage) {
+            reg_fence(s_acc);
+            if (lane == 0) mbar_arrive(sm.k_empty(stage));
+            sigmoid_mask(s_acc, coef, needs_mask(n), row0, n * kBlockN + col_lane, seq.len_k, p.causal);
+        };
+
         mbar_wait(sm.k_full(0), 0);
+        turn_begin();
         gemm_qk<kBlockN>(s_acc, sm, 0, cw);
+        turn_end(false);
         wgmma_wait<0>();
-        reg_fence(s_acc);
-        if (kReleaseK && lane == 0) mbar_arrive(sm.k_empty(0));
-        sigmoid_mask(s_acc, coef, needs_mask(0), row0, col_lane, seq.len_k, p.causal);
+        sigmoid_of_s(0, 0);
         pack_fragments<kBlockN>(s_acc, pf);
+        // Key tiles before the last never need the V tail zeroed: (n + 1) * kBlockN < len_k.
         for (int n = 0; n + 1 < tr.n_end; ++n) {
             const int s = n % kStages, s1 = (n + 1) % kStages;
             mbar_wait(sm.k_full(s1), ((n + 1) / kStages) & 1);
-            gemm_qk<kBlockN>(s_acc, sm, s1, cw);
             mbar_wait(sm.v_full(s), (n / kStages) & 1);
-            if (kZeroVTail && (n + 1) * kBlockN > seq.len_k) zero_v_tail(sm, s, seq.len_k - n * kBlockN);
+            turn_begin();
+            gemm_qk<kBlockN>(s_acc, sm, s1, cw);
             gemm_pv<kD>(o, pf, sm, s);
+            turn_end(false);
             wgmma_wait<1>();  // S(n+1) is done; P(n) V(n) may still run
-            reg_fence(s_acc);
-            if (kReleaseK && lane == 0) mbar_arrive(sm.k_empty(s1));
-            sigmoid_mask(s_acc, coef, needs_mask(n + 1), row0, (n + 1) * kBlockN + col_lane, seq.len_k,
-                         p.causal);
-            wgmma_wait<0>();
+            sigmoid_of_s(n + 1, s1);
+            wgmma_wait<0>();  // the P registers are free again
             reg_fence(o);
             if (lane == 0) mbar_arrive(sm.v_empty(s));
             pack_fragments<kBlockN>(s_acc, pf);
         }
-        {
-            const int n = tr.n_end - 1, s = n % kStages;
-            mbar_wait(sm.v_full(s), (n / kStages) & 1);
-            if (kZeroVTail && (n + 1) * kBlockN > seq.len_k) zero_v_tail(sm, s, seq.len_k - n * kBlockN);
-            gemm_pv<kD>(o, pf, sm, s);
-            wgmma_wait<0>();
-            reg_fence(o);
-            if (lane == 0) mbar_arrive(sm.v_empty(s));
-        }
-#endif
+        const int n = tr.n_end - 1, s = n % kStages;
+        mbar_wait(sm.v_full(s), (n / kStages) & 1);
+        if (kZeroVTail && (n + 1) * kBlockN > seq.len_k) zero_v_tail(sm, s, seq.len_k - n * kBlockN);
+        turn_begin();
+        gemm_pv<kD>(o, pf, sm, s);
+        turn_end(true);
+        wgmma_wait<0>();
+        reg_fence(o);
+        if (lane == 0) mbar_arrive(sm.v_empty(s));
     }
     store_o(o, p, seq, row0, lane, h, b);
 }

@@ -12,13 +12,13 @@
 # PASS is fwd or bwd; options after -- go to bench_table (default: --pad 0 --n 4096,16384).
 # An experiment whose host side differs (e.g. a shared-memory size the host mirrors) brings its
 # own binaries: kernels/dev/cubin/NAME/bench_table and cuda_tests, when present, replace those of
-# target/h200 for that experiment.
+# target/h200 for that experiment; or kernels/dev/cubin/NAME/host names a directory that holds
+# them (one pair of binaries shared by several experiments keeps the carry small).
 # Correctness: with AB_CHECK=1 each experiment first runs the conformance suite of its pass
 # and the raw:: tests (deterministic mode, raw entry points) with its cubins; a failing
 # experiment is still timed, and its failure is printed above the table.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-BIN=target/h200/bench_table
 OUT=${OUT:-/tmp/sa-ab-out}
 mkdir -p "$OUT"
 
@@ -46,10 +46,17 @@ done
 nvidia-smi -L
 # bench LABEL DIR: one bench_table run with DIR's cubins (empty: the shipped ones); rows of
 # "LABEL D N pad TFLOPS" are appended to $OUT/rows.txt.
+# host_bin DIR NAME: the binary NAME an experiment directory brings (itself or through its
+# `host` file), else target/h200's.
+host_bin() {
+    local dir=$1 name=$2
+    [ -f "$dir/host" ] && dir=$(cat "$dir/host")
+    if [ -n "$dir" ] && [ -x "$dir/$name" ]; then echo "$dir/$name"; else echo "target/h200/$name"; fi
+}
 bench() {
     local label=$1 dir=$2
-    local bin=$BIN
-    [ -n "$dir" ] && [ -x "$dir/bench_table" ] && bin=$dir/bench_table
+    local bin
+    bin=$(host_bin "$dir" bench_table)
     TAIL=0 step "$label" 150 env SIGMOID_ATTN_CUDA_CUBIN_DIR="$dir" "$bin" --backend cuda \
         --pass "$pass" --dtype bf16 --reps 10 --no-check "${extra[@]}"
     grep '^| [0-9]' "$OUT/$label.log" |
@@ -59,8 +66,7 @@ if [ "${AB_CHECK:-0}" = 1 ]; then
     suite=forward
     [ "$pass" = bwd ] && suite=backward
     for n in "${names[@]}"; do
-        tests=target/h200/cuda_tests
-        [ -x "kernels/dev/cubin/$n/cuda_tests" ] && tests=kernels/dev/cubin/$n/cuda_tests
+        tests=$(host_bin "kernels/dev/cubin/$n" cuda_tests)
         for t in "conformance::$suite" raw::; do
             TAIL=0 step "check.$n.${t%%:*}" 120 env SIGMOID_ATTN_CUDA_CUBIN_DIR="kernels/dev/cubin/$n" \
                 "$tests" --test-threads=1 --nocapture "$t"

@@ -28,8 +28,7 @@ OUT = os.path.join(HERE, "cubin")
 # tag: (head dim or None for both, extra NVRTC options)
 EXPERIMENTS = {
     "_nozero": (None, ["-DSA_NO_V_ZERO"]),
-    "_pp": (128, ["-DSA_PINGPONG"]),
-    "_m128": (64, ["-DSA_BLOCK_M=128", "-DSA_BLOCK_N=128", "-DSA_STAGES=4", "-DSA_NO_PINGPONG"]),
+    "_m128": (64, ["-DSA_BLOCK_M=128", "-DSA_BLOCK_N=128", "-DSA_STAGES=4"]),
 }
 
 

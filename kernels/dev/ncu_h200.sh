@@ -27,7 +27,7 @@ profile() {  # NAME KERNEL_REGEX PASS D
         --pass "$3" --dtype bf16 --d "$4" --n 16384 --pad 0 --reps 3 --no-check --warmup-ms 0
     "$NCU" --import "/tmp/$1.ncu-rep" --page details >"$OUT/$1.details.txt" 2>&1
     "$NCU" --import "/tmp/$1.ncu-rep" --page source --csv --print-source sass >"$OUT/$1.sass.csv" 2>&1
-    grep -E "Duration|Compute \(SM\) Throughput|Issue Slots Busy|No Eligible|Eligible Warps" "$OUT/$1.details.txt" | head -6
+    grep -E "Duration|Compute \(SM\) Throughput|Issue Slots Busy|No Eligible|Eligible Warps|L2 Cache Throughput|DRAM Throughput|Mem Busy|Max Bandwidth|L2 Hit Rate|Mem Pipes Busy" "$OUT/$1.details.txt" | head -14
     python3 kernels/dev/ncu_summary.py "$OUT/$1.sass.csv" 8
 }
 profile fwd128 sigmoid_attn_fwd fwd 128
