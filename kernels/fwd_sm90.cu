@@ -17,8 +17,8 @@
 //
 // Variant macros (set by build_cubins.py / src/cuda/nvrtc.rs):
 //   SA_HEAD_DIM = 64 | 128, SA_F16 (else bf16), SA_ACCURATE (else fast tanh sigmoid).
-// Experiment macros (never in shipped cubins): SA_NO_V_ZERO, and SA_BLOCK_M + SA_BLOCK_N +
-// SA_STAGES (tile override, config.cuh).
+// Experiment macros (never in shipped cubins): SA_NO_V_ZERO, SA_MASK_LOOPS (sigmoid_mask), and
+// SA_BLOCK_M + SA_BLOCK_N + SA_STAGES (tile override, config.cuh).
 #include "ptx.cuh"
 #include "params.cuh"
 #include "config.cuh"
@@ -178,6 +178,15 @@ __device__ __forceinline__ void gemm_pv(float (&o)[D / 2], const u32 (&pf)[kBloc
 /// (8j + 2*(lane%4) + r%2) of the warp's 16 x kBlockN slice.
 __device__ __forceinline__ void sigmoid_mask(float (&s_acc)[kBlockN / 2], SigmoidCoef coef, bool masked,
                                              int row0, int col0, int len_k, int causal) {
+#if defined(SA_MASK_LOOPS)
+    // Experiment: one loop per case instead of the test inside the element loop, which the
+    // compiler if-converts so that unmasked tiles issue the mask arithmetic predicated off.
+    if (!masked) {
+#pragma unroll
+        for (int e = 0; e < kBlockN / 2; ++e) s_acc[e] = sigmoid_from_qk(s_acc[e], coef);
+        return;
+    }
+#endif
 #pragma unroll
     for (int e = 0; e < kBlockN / 2; ++e) {
         float v = sigmoid_from_qk(s_acc[e], coef);
