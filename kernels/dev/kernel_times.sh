@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Per-kernel durations of the Hopper forward and backward on an H200, at boost clocks, in ONE
+# device call: where the backward's time goes besides the dK/dV kernel (dq_convert, dbias, and
+# by difference the workspace memset), and how a kernel's time scales with N at a fixed token
+# count (a per-CTA prologue/epilogue shows as time that does not scale with the steps per CTA).
+#
+#   bash kernels/dev/bwd_h200.sh prepare
+#   run(command="bash kernels/dev/kernel_times.sh [NAME]", carry=["target/h200", "kernels/dev/cubin"])
+#
+# For every D in {64, 128} and N in {1k, 4k, 16k} (dense, bf16, standard workload): Nsight
+# Compute's gpu__time_duration of each kernel (`--clock-control none`: the clocks the GPU picks,
+# as in bench_table; the last of two calls), against bench_table's own median for the pass
+# (kernel_times.py prints the table). With NAME, the experiment cubins of kernels/dev/cubin/NAME.
+# Logs in $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/sa-times-out}
+mkdir -p "$OUT"
+dir=""
+[ -n "${1:-}" ] && dir=kernels/dev/cubin/$1
+# shellcheck source=step.sh
+. kernels/dev/step.sh
+NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
+[ -n "$NCU" ] || { echo "ncu not found"; exit 2; }
+for d in 128 64; do
+    for n in 1024 4096 16384; do
+        for pass in fwd bwd; do
+            name=$pass.d$d.n$n
+            # Every launch of two reps (the first warms up): the last row per kernel is the one
+            # to read. The backward pass launches dkdv, dq_convert and dbias.
+            TAIL=0 step "$name" 120 env SIGMOID_ATTN_CUDA_CUBIN_DIR="$dir" "$NCU" --clock-control none \
+                --metrics gpu__time_duration.sum --print-units base -k regex:sigmoid_attn --csv \
+                --page raw target/h200/bench_table --backend cuda --pass "$pass" --dtype bf16 \
+                --d "$d" --n "$n" --pad 0 --reps 2 --no-check --warmup-ms 0
+            TAIL=0 step "$name.bench" 60 env SIGMOID_ATTN_CUDA_CUBIN_DIR="$dir" target/h200/bench_table \
+                --backend cuda --pass "$pass" --dtype bf16 --d "$d" --n "$n" --pad 0 --reps 10 --no-check
+        done
+    done
+done
+# One line per launch: pass, D, N, kernel, microseconds; then bench_table's median per pass.
+python3 kernels/dev/kernel_times.py "$OUT"
