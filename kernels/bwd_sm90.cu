@@ -52,6 +52,8 @@
 // at a barrier at the end of step t.
 //
 // Variant macros: SA_HEAD_DIM = 64 | 128, SA_F16 (else bf16), SA_ACCURATE (else fast sigmoid).
+// Experiment macros (never in shipped cubins): SA_DQ_PATH (BwdConfig::kDqPath), SA_EARLY_QDO
+// (dkdv_produce).
 #include "ptx.cuh"
 #include "params.cuh"
 #include "config.cuh"
@@ -313,27 +315,10 @@ __device__ __forceinline__ void dkdv_produce(const TensorMap& tm_q, const Tensor
                                              const BwdSeqInfo& seq, const QueryRange& qr, int n_tiles, int kvh,
                                              int b, int k0, int lane) {
     const int bq = b * p.map_batch;
-    if (lane == 0) {
-        tma_prefetch_desc(&tm_q);
-        tma_prefetch_desc(&tm_do);
-        mbar_arrive_expect_tx(sm.kv_load(), 2 * kKvKBytes);
-#pragma unroll
-        for (int c = 0; c < kSub; ++c) {
-            tma_load_4d(sm.k + c * kKvKSub, &tm_k, sm.kv_load(), c * 64, seq.k_start + k0, kvh, bq);
-            tma_load_4d(sm.v + c * kKvKSub, &tm_v, sm.kv_load(), c * 64, seq.k_start + k0, kvh, bq);
-        }
-    }
-    mbar_wait(sm.kv_load(), 0);
-    if (k0 + kKvN > seq.len_k) {
-        zero_rows(sm.k, kKvN, seq.len_k - k0, 0, 32);
-        zero_rows(sm.v, kKvN, seq.len_k - k0, 0, 32);
-        fence_proxy_async();
-    }
-    __syncwarp();
-    if (lane == 0) mbar_arrive(sm.kv_full());
-
     int tails = 0;  // completed phases of tail_load
-    for (int it = 0; it < n_tiles; ++it) {
+    // Step it's Q/dO tile into ring stage it % kStages; a tail tile (rows past len_q) is
+    // loaded through tail_load, zeroed past len_q, then released through full(s).
+    auto load_step = [&](int it) {
         const int s = it % kStages;
         const Step st = step_of(p, qr, kvh, it);
         const bool tail = st.q0 + kKvM > seq.len_q;
@@ -357,7 +342,32 @@ __device__ __forceinline__ void dkdv_produce(const TensorMap& tm_q, const Tensor
             __syncwarp();
             if (lane == 0) mbar_arrive(sm.full(s));
         }
+    };
+    if (lane == 0) {
+        tma_prefetch_desc(&tm_q);
+        tma_prefetch_desc(&tm_do);
+        mbar_arrive_expect_tx(sm.kv_load(), 2 * kKvKBytes);
+#pragma unroll
+        for (int c = 0; c < kSub; ++c) {
+            tma_load_4d(sm.k + c * kKvKSub, &tm_k, sm.kv_load(), c * 64, seq.k_start + k0, kvh, bq);
+            tma_load_4d(sm.v + c * kKvKSub, &tm_v, sm.kv_load(), c * 64, seq.k_start + k0, kvh, bq);
+        }
     }
+    int first = 0;
+#if defined(SA_EARLY_QDO)
+    // Experiment: the first step's Q/dO load goes out with the key block's instead of after
+    // it has landed (a tail first step keeps the old order: its zeroing waits on the load).
+    if (step_of(p, qr, kvh, 0).q0 + kKvM <= seq.len_q) load_step(first++);
+#endif
+    mbar_wait(sm.kv_load(), 0);
+    if (k0 + kKvN > seq.len_k) {
+        zero_rows(sm.k, kKvN, seq.len_k - k0, 0, 32);
+        zero_rows(sm.v, kKvN, seq.len_k - k0, 0, 32);
+        fence_proxy_async();
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(sm.kv_full());
+    for (int it = first; it < n_tiles; ++it) load_step(it);
 }
 
 /// Whether warpgroup `cw` adds its dQ share of step `j` by a bulk reduction (see SA_DQ_PATH).
