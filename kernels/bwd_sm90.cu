@@ -53,7 +53,7 @@
 //
 // Variant macros: SA_HEAD_DIM = 64 | 128, SA_F16 (else bf16), SA_ACCURATE (else fast sigmoid).
 // Experiment macros (never in shipped cubins): SA_DQ_PATH (BwdConfig::kDqPath), SA_EARLY_QDO
-// (dkdv_produce).
+// (dkdv_produce), SA_ROTATE_STEPS (step_of).
 #include "ptx.cuh"
 #include "params.cuh"
 #include "config.cuh"
@@ -303,6 +303,12 @@ struct Step {
 
 __device__ __forceinline__ Step step_of(const BwdParams& p, const QueryRange& qr, int kvh, int it) {
     const int m_tiles = qr.m_end - qr.m_begin;
+#if defined(SA_ROTATE_STEPS)
+    // Experiment: key block n starts its walk n * (steps / key blocks) steps in, so that the
+    // CTAs running together add into different dQ tiles rather than all into the same one.
+    const int steps = p.kv_group * m_tiles;
+    it = (it + static_cast<int>(blockIdx.x) * max(1, steps / p.key_blocks)) % steps;
+#endif
     return Step{kvh * p.kv_group + it / m_tiles, (qr.m_begin + it % m_tiles) * kKvM};
 }
 
