@@ -47,8 +47,9 @@ struct FwdConfig<64> {
 /// Fifth session, with the free-interleaving schedule of 7d95cea, dropped: S(n+1) issued right
 /// behind P(n) V(n) with one wait for both (fwd_chain.patch, against 857b7d8; D=128 16k
 /// 568/564 against 607/612); K and V streamed by two producer threads into rings of their own
-/// depth (fwd_split_rings.patch, against 7d95cea; D=128 16k, depths K/V 2/2 616/626, 3/2 609/607, 3/3 609/594, 4/2
-/// 612/614 against 611/619 for one producer; D=64 499/496 against 502/505). Nsight Compute put
+/// depth (fwd_split_rings.patch, against 7d95cea; D=128 16k, depths K/V 2/2 616/626, 3/2
+/// 609/607, 3/3 609/594, 4/2 612/614 against 611/619 for one producer; D=64 499/496 against
+/// 502/505). Nsight Compute put
 /// L2 throughput at 33% (D=128) and 20% (D=64) of peak: the K/V re-reads are not a limit.
 ///
 /// D = 128: Q 32 KiB + 2 x (K 44 KiB + V 44 KiB) = 208 KiB of shared memory. Measured on an

@@ -46,13 +46,6 @@ done
 nvidia-smi -L
 # bench LABEL DIR: one bench_table run with DIR's cubins (empty: the shipped ones); rows of
 # "LABEL D N pad TFLOPS" are appended to $OUT/rows.txt.
-# host_bin DIR NAME: the binary NAME an experiment directory brings (itself or through its
-# `host` file), else target/h200's.
-host_bin() {
-    local dir=$1 name=$2
-    [ -f "$dir/host" ] && dir=$(cat "$dir/host")
-    if [ -n "$dir" ] && [ -x "$dir/$name" ]; then echo "$dir/$name"; else echo "target/h200/$name"; fi
-}
 bench() {
     local label=$1 dir=$2
     local bin

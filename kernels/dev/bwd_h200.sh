@@ -29,7 +29,7 @@ device() {
     mkdir -p "$OUT"
     nvidia-smi -L
     local sanitizer
-    sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+    sanitizer=$(cuda_tool compute-sanitizer)
     # 1. The raw-pointer tests: deterministic mode bitwise repeatable (atomic mode close to it),
     #    forward_raw and backward_raw on a borrowed stream equal to forward/backward (fast;
     #    first, since a hang or a crash here says the most with the least time spent).

@@ -17,7 +17,7 @@ mkdir -p "$OUT"
 TAIL=12
 
 nvidia-smi -L
-sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+sanitizer=$(cuda_tool compute-sanitizer)
 step raw 60 "$BIN/cuda_tests" --test-threads=1 --nocapture raw::
 step conformance 120 "$BIN/cuda_tests" --test-threads=1 --nocapture conformance
 if [ -n "$sanitizer" ]; then

@@ -10,7 +10,8 @@
 # For every D in {64, 128} and N in {1k, 4k, 16k} (dense, bf16, standard workload): Nsight
 # Compute's gpu__time_duration of each kernel (`--clock-control none`: the clocks the GPU picks,
 # as in bench_table; the last of two calls), against bench_table's own median for the pass
-# (kernel_times.py prints the table). With NAME, the experiment cubins of kernels/dev/cubin/NAME.
+# (kernel_times.py prints the table). With NAME, the experiment cubins of kernels/dev/cubin/NAME
+# and the host binaries it brings (ab_h200.sh: `host_bin`).
 # Logs in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,7 +21,8 @@ dir=""
 [ -n "${1:-}" ] && dir=kernels/dev/cubin/$1
 # shellcheck source=step.sh
 . kernels/dev/step.sh
-NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
+NCU=$(cuda_tool ncu)
+bench_table=$(host_bin "$dir" bench_table)
 [ -n "$NCU" ] || { echo "ncu not found"; exit 2; }
 for d in 128 64; do
     for n in 1024 4096 16384; do
@@ -30,12 +32,12 @@ for d in 128 64; do
             # to read. The backward pass launches dkdv, dq_convert and dbias.
             TAIL=0 step "$name" 120 env SIGMOID_ATTN_CUDA_CUBIN_DIR="$dir" "$NCU" --clock-control none \
                 --metrics gpu__time_duration.sum --print-units base -k regex:sigmoid_attn --csv \
-                --page raw target/h200/bench_table --backend cuda --pass "$pass" --dtype bf16 \
+                --page raw "$bench_table" --backend cuda --pass "$pass" --dtype bf16 \
                 --d "$d" --n "$n" --pad 0 --reps 2 --no-check --warmup-ms 0
-            TAIL=0 step "$name.bench" 60 env SIGMOID_ATTN_CUDA_CUBIN_DIR="$dir" target/h200/bench_table \
+            TAIL=0 step "$name.bench" 60 env SIGMOID_ATTN_CUDA_CUBIN_DIR="$dir" "$bench_table" \
                 --backend cuda --pass "$pass" --dtype bf16 --d "$d" --n "$n" --pad 0 --reps 10 --no-check
         done
     done
 done
-# One line per launch: pass, D, N, kernel, microseconds; then bench_table's median per pass.
+# One line per (pass, D, N): each kernel's last duration, their sum, bench_table's median.
 python3 kernels/dev/kernel_times.py "$OUT"

@@ -6,10 +6,11 @@
 #
 # Profiles one launch (after two warm-up launches, ncu at base clocks) of the forward at D=128
 # and D=64 and of the backward dK/dV kernel at D=128, N=16k, dense, bf16 — with the experiment
-# cubins of kernels/dev/cubin/NAME when NAME is given. Writes to $OUT, per profile, the details
-# page (.details.txt: speed of light, pipes, warp states, occupancy) and the per-SASS-instruction
-# export (.sass.csv, for kernels/dev/ncu_summary.py here); prints the headline metrics and the
-# summary. About 10 s per profile.
+# cubins (and host binaries, if it brings them) of kernels/dev/cubin/NAME when NAME is given.
+# Writes to $OUT, per profile, the details page (.details.txt: speed of light, pipes, warp
+# states, occupancy) and the per-SASS-instruction export (.sass.csv, for
+# kernels/dev/ncu_summary.py here); prints the headline metrics and the summary. About 10 s per
+# profile.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sa-ncu-out}
@@ -18,12 +19,12 @@ dir=""
 [ -n "${1:-}" ] && dir=kernels/dev/cubin/$1
 # shellcheck source=step.sh
 . kernels/dev/step.sh
-NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
+NCU=$(cuda_tool ncu)
 [ -n "$NCU" ] || { echo "ncu not found"; exit 2; }
 "$NCU" --version | tail -1
 profile() {  # NAME KERNEL_REGEX PASS D
     TAIL=2 step "ncu.$1" 170 env SIGMOID_ATTN_CUDA_CUBIN_DIR="$dir" "$NCU" --set full --import-source no \
-        -k "regex:$2" --launch-skip 2 -c 1 -o "/tmp/$1" target/h200/bench_table --backend cuda \
+        -k "regex:$2" --launch-skip 2 -c 1 -o "/tmp/$1" "$(host_bin "$dir" bench_table)" --backend cuda \
         --pass "$3" --dtype bf16 --d "$4" --n 16384 --pad 0 --reps 3 --no-check --warmup-ms 0
     "$NCU" --import "/tmp/$1.ncu-rep" --page details >"$OUT/$1.details.txt" 2>&1
     "$NCU" --import "/tmp/$1.ncu-rep" --page source --csv --print-source sass >"$OUT/$1.sass.csv" 2>&1

@@ -13,3 +13,18 @@ step() {
     echo "=== $name: exit $LAST_RC after $((SECONDS - t0)) s"
     tail -n "${TAIL:-40}" "$OUT/$name.log"
 }
+
+# cuda_tool NAME: the path of a CUDA command-line tool (ncu, compute-sanitizer) from PATH or
+# /usr/local/cuda*/bin, or nothing.
+cuda_tool() {
+    command -v "$1" || ls /usr/local/cuda*/bin/"$1" 2>/dev/null | head -1
+}
+
+# host_bin DIR NAME: the host binary NAME (bench_table, cuda_tests) that the experiment
+# directory DIR brings, itself or through its `host` file (a directory name), else
+# target/h200's. DIR may be empty (the shipped build).
+host_bin() {
+    local dir=$1 name=$2
+    [ -f "$dir/host" ] && dir=$(cat "$dir/host")
+    if [ -n "$dir" ] && [ -x "$dir/$name" ]; then echo "$dir/$name"; else echo "target/h200/$name"; fi
+}

@@ -532,8 +532,6 @@ impl WgpuBackend {
         Ok(())
     }
 
-    /// Runs `f` inside validation, out-of-memory and internal error scopes; any error they
-    /// catch becomes `Error::Driver`.
     /// Records one pass with `record` into a fresh encoder and submits it, in an error scope,
     /// timed into the open `time_ms` session if there is one.
     fn submit_recorded(
@@ -549,6 +547,8 @@ impl WgpuBackend {
         })
     }
 
+    /// Runs `f` inside validation, out-of-memory and internal error scopes; any error they
+    /// catch becomes `Error::Driver`.
     fn scoped<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
         self.check_health()?;
         let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
