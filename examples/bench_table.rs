@@ -1,7 +1,8 @@
-//! The standard workload table (DESIGN.md) on one backend: bf16/f16/f32, non-causal `[B,N,H,D]`,
-//! `B = tokens/N`, `H = width/D`, padding drawn per sequence as `L ~ U[N(1−p), N]`. Prints TFLOPS
-//! and milliseconds for forward and backward (backward counted as 2.5× forward FLOPs, on valid
-//! pairs), checks sampled rows of every result against the f64 definition, and writes JSON.
+//! The standard workload table (DESIGN.md) on one backend: bf16/f16/f32, `[B,N,H,D]`
+//! (non-causal unless `--causal`), `B = tokens/N`, `H = width/D`, padding drawn per sequence as
+//! `L ~ U[N(1−p), N]`. Prints TFLOPS and milliseconds for forward and backward (backward counted
+//! as 2.5× forward FLOPs, on valid pairs), checks sampled rows of every result against the f64
+//! definition, and writes JSON.
 //!
 //! ```text
 //! cargo run --release --example bench_table -- --backend cuda --dtype bf16 --json cuda.json
@@ -12,7 +13,8 @@
 //! `--n 1024,4096,16384`, `--pad 0,25`, `--tokens 16384`, `--width 2048`, `--reps 20`,
 //! `--warmup-ms 100` (measured time spent warming up before the timed runs), `--json PATH`,
 //! `--no-check`, `--d-bias` (the backward also computes d_bias, as training a learned bias
-//! does; off by default, like the anchors, which have no bias gradient).
+//! does; off by default, like the anchors, which have no bias gradient), `--causal` (causal
+//! masking; FLOPs are counted on the visible pairs, about half).
 
 use sigmoid_attn::cpu::reference::rows;
 use sigmoid_attn::{Backend, BackwardArgs, DType, Error, HostTensor, Lengths, Plan, Problem};
@@ -33,6 +35,7 @@ struct Opts {
     json: Option<String>,
     check: bool,
     d_bias: bool,
+    causal: bool,
 }
 
 fn list<T: std::str::FromStr>(s: &str) -> Result<Vec<T>, String> {
@@ -56,6 +59,7 @@ fn parse() -> Result<Opts, String> {
         json: None,
         check: true,
         d_bias: false,
+        causal: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -65,6 +69,10 @@ fn parse() -> Result<Opts, String> {
         }
         if flag == "--d-bias" {
             o.d_bias = true;
+            continue;
+        }
+        if flag == "--causal" {
+            o.causal = true;
             continue;
         }
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
@@ -186,7 +194,9 @@ fn run_config<B: Backend>(be: &B, o: &Opts, d: usize, n: usize, pad: u32) -> Res
                 .clamp(1.0, n as f64) as u32
         })
         .collect();
-    let mut problem = Problem::new(batch, n, heads, d).with_dtype(o.dtype);
+    let mut problem = Problem::new(batch, n, heads, d)
+        .with_dtype(o.dtype)
+        .with_causal(o.causal);
     if pad > 0 {
         problem = problem.with_lengths(Lengths::padded(&lens));
     }
@@ -372,8 +382,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         other => return Err(format!("backend `{other}` is unknown or not compiled in").into()),
     };
     let mut table = format!(
-        "{backend} on {device}, {}, tokens {}, width {}, median of {} runs{}\n\n",
+        "{backend} on {device}, {}{}, tokens {}, width {}, median of {} runs{}\n\n",
         o.dtype,
+        if o.causal { ", causal" } else { "" },
         o.tokens,
         o.width,
         o.reps,
@@ -400,7 +411,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let num = |x: Option<f64>| x.map_or("null".into(), |v| format!("{v}"));
         let _ = writeln!(
             json,
-            "  {{\"backend\": \"{backend}\", \"dtype\": \"{}\", \"d\": {}, \"n\": {}, \"pad\": {}, \"batch\": {}, \"heads\": {}, \"fwd_ms\": {}, \"fwd_tflops\": {}, \"bwd_ms\": {}, \"bwd_tflops\": {}, \"d_bias\": {}, \"check\": \"{}\"}}{}",
+            "  {{\"backend\": \"{backend}\", \"dtype\": \"{}\", \"d\": {}, \"n\": {}, \"pad\": {}, \"batch\": {}, \"heads\": {}, \"fwd_ms\": {}, \"fwd_tflops\": {}, \"bwd_ms\": {}, \"bwd_tflops\": {}, \"d_bias\": {}, \"causal\": {}, \"check\": \"{}\"}}{}",
             o.dtype,
             r.d,
             r.n,
@@ -412,6 +423,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             num(r.bwd_ms),
             num(r.bwd_tflops),
             o.d_bias,
+            o.causal,
             r.check.replace('"', "'"),
             if i + 1 < rows.len() { "," } else { "" }
         );

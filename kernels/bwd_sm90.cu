@@ -52,8 +52,7 @@
 // at a barrier at the end of step t.
 //
 // Variant macros: SA_HEAD_DIM = 64 | 128, SA_F16 (else bf16), SA_ACCURATE (else fast sigmoid).
-// Experiment macros (never in shipped cubins): SA_DQ_PATH (BwdConfig::kDqPath), SA_EARLY_QDO
-// (dkdv_produce), SA_ROTATE_STEPS (step_of).
+// Experiment macro (never in shipped cubins): SA_DQ_PATH (BwdConfig::kDqPath).
 #include "ptx.cuh"
 #include "params.cuh"
 #include "config.cuh"
@@ -303,12 +302,6 @@ struct Step {
 
 __device__ __forceinline__ Step step_of(const BwdParams& p, const QueryRange& qr, int kvh, int it) {
     const int m_tiles = qr.m_end - qr.m_begin;
-#if defined(SA_ROTATE_STEPS)
-    // Experiment: key block n starts its walk n * (steps / key blocks) steps in, so that the
-    // CTAs running together add into different dQ tiles rather than all into the same one.
-    const int steps = p.kv_group * m_tiles;
-    it = (it + static_cast<int>(blockIdx.x) * max(1, steps / p.key_blocks)) % steps;
-#endif
     return Step{kvh * p.kv_group + it / m_tiles, (qr.m_begin + it % m_tiles) * kKvM};
 }
 
@@ -359,12 +352,6 @@ __device__ __forceinline__ void dkdv_produce(const TensorMap& tm_q, const Tensor
             tma_load_4d(sm.v + c * kKvKSub, &tm_v, sm.kv_load(), c * 64, seq.k_start + k0, kvh, bq);
         }
     }
-    int first = 0;
-#if defined(SA_EARLY_QDO)
-    // Experiment: the first step's Q/dO load goes out with the key block's instead of after
-    // it has landed (a tail first step keeps the old order: its zeroing waits on the load).
-    if (step_of(p, qr, kvh, 0).q0 + kKvM <= seq.len_q) load_step(first++);
-#endif
     mbar_wait(sm.kv_load(), 0);
     if (k0 + kKvN > seq.len_k) {
         zero_rows(sm.k, kKvN, seq.len_k - k0, 0, 32);
@@ -373,7 +360,7 @@ __device__ __forceinline__ void dkdv_produce(const TensorMap& tm_q, const Tensor
     }
     __syncwarp();
     if (lane == 0) mbar_arrive(sm.kv_full());
-    for (int it = first; it < n_tiles; ++it) load_step(it);
+    for (int it = 0; it < n_tiles; ++it) load_step(it);
 }
 
 /// Whether warpgroup `cw` adds its dQ share of step `j` by a bulk reduction (see SA_DQ_PATH).

@@ -28,12 +28,15 @@ struct FwdConfig<64> {
     static constexpr int kStages = 4;    // K/V ring depth
 };
 
-/// Both head dims launch one CTA per output tile. Measured on an H200 (third session, bf16, A/B
-/// in one run) and dropped: a persistent grid (one CTA per SM walking tiles, the next tile's Q
-/// loaded as soon as the last S GEMM of the current one has read Q): D=128 1k/4k/16k 477/565/
-/// 603 against 468/567/616, D=64 357/441/464 against 352/460/494 TFLOPS (the inner loop's SASS
-/// was the same within a dozen instructions; kernels/dev/experiments/fwd_persistent.patch,
-/// against 849cd3a).
+/// Both head dims run on a persistent grid (one CTA per SM walking the output tiles; the next
+/// tile's Q loads once every consumer warp has the current tile's last S product) with the mask
+/// test out of the element loop (sigmoid_mask). Sixth session (bf16, dense, TFLOPS at N = 1k /
+/// 4k / 16k, two rounds each, A/B in one call against the one-CTA-per-tile grid of 27873da at
+/// 476 / 597-618 / 681 for D = 128 and 370 / 468-472 / 511-512 for D = 64): mask loops alone
+/// 474 / 600-616 / 684-687 and 393-396 / 504-508 / 551-552; the persistent grid alone 474-476 /
+/// 591-596 / 631-643 and 392-397 / 486-488 / 528-530; both 487-496 / 627-647 / 697-702 and
+/// 425-429 / 514-520 / 561-564. (Third session, with the older schedule, the persistent grid
+/// alone had been dropped the same way: fwd_persistent.patch against 849cd3a.)
 ///
 /// Fourth session, measured and dropped (bf16, dense, two rounds each, A/B in one call;
 /// patches in kernels/dev/experiments/): Q kept in registers as wgmma A fragments
@@ -84,6 +87,13 @@ struct FwdConfigOverride {
 /// while dP^T runs (D=64 406 against 429, D=128 504 against 523); each key block starting its
 /// walk over the query tiles at its own offset, so that co-resident CTAs add into different dQ
 /// rows (third session: D=64 400 against 437, D=128 507 against 496 — noise-level gain at D=128).
+/// Sixth session, one call, two rounds each (bf16, dense, TFLOPS at N = 1k / 4k / 16k, against
+/// 386-390 / 500-508 / 552-560 at D=128 and 347 / 446-448 / 480-484 at D=64), dropped: the
+/// first step's Q/dO load issued with the key block's (SA_EARLY_QDO) 389-390 / 501-510 /
+/// 549-554 and 351-353 / 450-452 / 482-486; the rotated walk again 380-389 / 505-507 / 546-547
+/// and 340-343 / 444 / 475-479; the dK/dV kernel on a persistent grid (the next item's loads
+/// overlapping the current one's tail; kernels/dev/experiments/bwd_persistent.patch, against
+/// 748126d) 371-372 / 473-478 / 510-511 and 350-352 / 446-448 / 481.
 template <int D>
 struct BwdConfig;
 
@@ -134,7 +144,7 @@ struct FwdShape {
     static constexpr int kKVBytes = C::kBlockN * D * 2;      // one K or one V tile
     static constexpr int kQSubBytes = C::kBlockM * 128;
     static constexpr int kKVSubBytes = C::kBlockN * 128;
-    static constexpr int kBarrierBytes = 8 * (1 + 4 * C::kStages);
+    static constexpr int kBarrierBytes = 8 * (2 + 4 * C::kStages);  // Q full/empty, K/V full/empty
     // 1024 bytes of slack to align the dynamic shared-memory base to the swizzle atom.
     static constexpr int kSmemBytes = 1024 + kQBytes + 2 * C::kStages * kKVBytes + kBarrierBytes;
     static_assert(C::kBlockM % 64 == 0, "kBlockM is a multiple of the wgmma M (64)");

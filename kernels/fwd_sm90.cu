@@ -3,22 +3,26 @@
 //   O[i, :] = sum_j P[i, j] V[j, :],  P[i, j] = sigmoid(scale * Q[i] . K[j] + bias_b)
 //   with P = 0 for keys j >= len_k[b] and, when causal, j > i; rows i >= len_q[b] of O are 0.
 //
-// One CTA computes a kBlockM x D tile of O for one (query tile, head, batch element).
+// CTA c computes the O tiles c, c + gridDim.x, ... of the list of (query tile, head, batch
+// element) tiles, one kBlockM x D tile at a time; the ring positions, barrier phases and turns
+// carry over from one tile to the next, so that the next tile's Q and K/V loads overlap the
+// current tile's last products and O stores. The host launches one CTA per SM when all tiles
+// have the same work, else one per tile (ForwardLaunch::launch_grid in src/cuda/launch.rs).
 // Warpgroup 0 is the producer: one thread issues TMA loads of the Q tile and of a kStages-deep
 // ring of K/V tiles (128-byte swizzle, completing on mbarriers). Warpgroups 1..kConsumers each own
 // 64 query rows: S = Q K^T by wgmma with both operands in shared memory, P = sigmoid(S) masked in
 // registers, then O += P V by wgmma with P straight from registers. Sigmoid needs no row maximum,
 // no rescaling of O and no final normalisation, so O only ever accumulates.
 //
-// Lengths: query tiles past a sequence's rows exit at once, tiles past len_q only write zeros;
+// Lengths: query tiles past a sequence's rows are skipped, tiles past len_q only write zeros;
 // K/V tiles past len_k (and, when causal, above the diagonal) are never loaded; the one tail tile
 // is masked in registers and its V rows past len_k are zeroed in shared memory (padding may hold
 // anything, NaN included). Packed input uses per-sequence start rows (SeqInfo).
 //
 // Variant macros (set by build_cubins.py / src/cuda/nvrtc.rs):
 //   SA_HEAD_DIM = 64 | 128, SA_F16 (else bf16), SA_ACCURATE (else fast tanh sigmoid).
-// Experiment macros (never in shipped cubins): SA_NO_V_ZERO, SA_MASK_LOOPS (sigmoid_mask), and
-// SA_BLOCK_M + SA_BLOCK_N + SA_STAGES (tile override, config.cuh).
+// Experiment macros (never in shipped cubins): SA_NO_V_ZERO, and SA_BLOCK_M + SA_BLOCK_N +
+// SA_STAGES (tile override, config.cuh).
 #include "ptx.cuh"
 #include "params.cuh"
 #include "config.cuh"
@@ -36,6 +40,13 @@ typedef FwdShape<kD> Shape;
 constexpr int kBlockM = Cfg::kBlockM;
 constexpr int kBlockN = Cfg::kBlockN;
 constexpr int kStages = Cfg::kStages;
+// The accurate sigmoid (two MUFU and more temporaries per element) spills with two copies of the
+// element loop on the persistent grid (40 bytes at D = 128, 88 at D = 64), so it keeps one.
+#if defined(SA_ACCURATE)
+constexpr bool kSplitMaskLoops = false;
+#else
+constexpr bool kSplitMaskLoops = true;
+#endif
 #if defined(SA_NO_V_ZERO)
 constexpr bool kZeroVTail = false;  // experiment: padding rows of V must then be finite
 #else
@@ -81,6 +92,26 @@ __device__ __forceinline__ TileRange kv_tile_range(const SeqInfo& s, int m_block
     return r;
 }
 
+/// Tile t of the list. Query tiles of one (head, batch element) are adjacent, so that the CTAs
+/// running at the same time share K/V tiles in L2; causal runs them from the last (the most
+/// keys) to the first, so that the short tiles fill the end of the grid.
+struct TileCoord {
+    int m_block, h, b;
+};
+
+__device__ __forceinline__ TileCoord tile_coord(const FwdParams& p, int t) {
+    const int m = t % p.m_tiles, hb = t / p.m_tiles;
+    return TileCoord{p.causal ? p.m_tiles - 1 - m : m, hb % p.heads, hb / p.heads};
+}
+
+/// Where a CTA stands in its barrier phases, carried from one tile to the next: `kv` counts the
+/// K/V tiles streamed so far (ring slot kv % kStages, phase (kv / kStages) & 1), `q` the tiles
+/// with work (phase of q_full and q_empty).
+struct RingPos {
+    int kv = 0;
+    int q = 0;
+};
+
 /// Shared memory: Q tile, K ring, V ring, then the barriers. Every tile is a sequence of
 /// 64-column sub-tiles (rows of 128 bytes, 128-byte swizzle, 1024-byte aligned).
 struct Smem {
@@ -96,29 +127,30 @@ struct Smem {
     __device__ __forceinline__ u32 v_full(int s) const { return bars + 8 * (1 + kStages + s); }
     __device__ __forceinline__ u32 k_empty(int s) const { return bars + 8 * (1 + 2 * kStages + s); }
     __device__ __forceinline__ u32 v_empty(int s) const { return bars + 8 * (1 + 3 * kStages + s); }
+    /// Q may be overwritten: every consumer warp has its tile's last S product.
+    __device__ __forceinline__ u32 q_empty() const { return bars + 8 * (1 + 4 * kStages); }
     __device__ __forceinline__ u32 k_tile(int s) const { return k + s * Shape::kKVBytes; }
     __device__ __forceinline__ u32 v_tile(int s) const { return v + s * Shape::kKVBytes; }
 };
 
-/// Producer: one thread streams Q once and K/V tile by tile into the ring.
+/// Producer: one thread streams a tile's Q once and its K/V tiles into the ring.
 __device__ __forceinline__ void produce(const TensorMap& tm_q, const TensorMap& tm_k,
                                         const TensorMap& tm_v, const FwdParams& p, const Smem& sm,
-                                        const SeqInfo& seq, TileRange tr, int m_block, int h, int b) {
-    const int kvh = h / p.kv_group;
-    const int bq = b * p.map_batch;
-    tma_prefetch_desc(&tm_q);
-    tma_prefetch_desc(&tm_k);
-    tma_prefetch_desc(&tm_v);
-
+                                        const SeqInfo& seq, TileRange tr, TileCoord tc, RingPos& pos) {
+    const int kvh = tc.h / p.kv_group;
+    const int bq = tc.b * p.map_batch;
+    // The previous tile's Q is free once every consumer warp has its last S product.
+    mbar_wait(sm.q_empty(), (pos.q & 1) ^ 1);
     mbar_arrive_expect_tx(sm.q_full(), Shape::kQBytes);
 #pragma unroll
     for (int c = 0; c < Shape::kSub; ++c)
         tma_load_4d(sm.q + c * Shape::kQSubBytes, &tm_q, sm.q_full(), c * 64,
-                    seq.q_start + m_block * kBlockM, h, bq);
+                    seq.q_start + tc.m_block * kBlockM, tc.h, bq);
+    ++pos.q;
 
-    for (int n = 0; n < tr.n_end; ++n) {
-        const int s = n % kStages;
-        const u32 phase = (n / kStages) & 1;
+    for (int n = 0; n < tr.n_end; ++n, ++pos.kv) {
+        const int s = pos.kv % kStages;
+        const u32 phase = (pos.kv / kStages) & 1;
         const int row = seq.k_start + n * kBlockN;
         // K and V of a stage are released separately: K once every consumer has its S tile,
         // V once the P V product is done, so the next K load starts a GEMM earlier.
@@ -178,15 +210,14 @@ __device__ __forceinline__ void gemm_pv(float (&o)[D / 2], const u32 (&pf)[kBloc
 /// (8j + 2*(lane%4) + r%2) of the warp's 16 x kBlockN slice.
 __device__ __forceinline__ void sigmoid_mask(float (&s_acc)[kBlockN / 2], SigmoidCoef coef, bool masked,
                                              int row0, int col0, int len_k, int causal) {
-#if defined(SA_MASK_LOOPS)
-    // Experiment: one loop per case instead of the test inside the element loop, which the
-    // compiler if-converts so that unmasked tiles issue the mask arithmetic predicated off.
-    if (!masked) {
+    // Fast mode: one loop per case. With the test inside one element loop the compiler
+    // if-converts it, and every tile issues the mask arithmetic predicated off (40% of the D = 64
+    // forward's instructions, which is issue-bound; 511 -> 551 TFLOPS at N = 16k, sixth session).
+    if (kSplitMaskLoops && !masked) {
 #pragma unroll
         for (int e = 0; e < kBlockN / 2; ++e) s_acc[e] = sigmoid_from_qk(s_acc[e], coef);
         return;
     }
-#endif
 #pragma unroll
     for (int e = 0; e < kBlockN / 2; ++e) {
         float v = sigmoid_from_qk(s_acc[e], coef);
@@ -240,9 +271,10 @@ __device__ __forceinline__ void store_o(const float (&o)[kD / 2], const FwdParam
     }
 }
 
-/// Consumer warpgroup cw (0-based): 64 query rows through the whole K/V range.
+/// Consumer warpgroup cw (0-based): 64 query rows of one tile through its whole K/V range.
 __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, const SeqInfo& seq,
-                                        TileRange tr, int m_block, int cw, int h, int b) {
+                                        TileRange tr, TileCoord tc, int cw, RingPos& pos) {
+    const int m_block = tc.m_block;
     const int t = threadIdx.x % 128;
     const int lane = t % 32;
     const int warp = t / 32;
@@ -264,7 +296,7 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
         };
         float s_acc[kBlockN / 2];
         u32 pf[kBlockN / 16][4];
-        mbar_wait(sm.q_full(), 0);
+        mbar_wait(sm.q_full(), pos.q & 1);
         // Schedule: S(n+1) = Q K(n+1)^T and O += P(n) V(n) are issued together, then the
         // sigmoid of S(n+1) runs while P(n) V(n) is still on the tensor cores (nothing else waits
         // for O: sigmoid needs no rescaling). The consumer warpgroups take turns to issue their
@@ -272,36 +304,37 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
         // that one warpgroup's pair runs whole on the tensor cores while the others compute
         // their sigmoid; without turns the pairs of all warpgroups interleave, finish together
         // and leave the tensor cores idle during everyone's sigmoid.
+        // The turns run on across tiles (see the kernel entry for the first and the last).
         const u32 my_turn = 1 + cw, next_turn = 1 + (cw + 1) % Shape::kConsumers;
-        if (cw == Shape::kConsumers - 1) named_barrier_arrive(1, 128 * 2);
         auto turn_begin = [&]() { named_barrier_sync(my_turn, 128 * 2); };
-        // The last warpgroup skips its final hand-over, so that every barrier phase completes.
-        auto turn_end = [&](bool last) {
-            if (cw != Shape::kConsumers - 1 || !last) named_barrier_arrive(next_turn, 128 * 2);
-        };
-        // P(n) from S(n): release K(n)'s slot, sigmoid and masks in place.
+        auto turn_end = [&]() { named_barrier_arrive(next_turn, 128 * 2); };
+        // P(n) from S(n): release K(n)'s slot (and Q after the tile's last S), sigmoid and
+        // masks in place.
         auto sigmoid_of_s = [&](int n, int stage) {
             reg_fence(s_acc);
             if (lane == 0) mbar_arrive(sm.k_empty(stage));
+            if (lane == 0 && n == tr.n_end - 1) mbar_arrive(sm.q_empty());
             sigmoid_mask(s_acc, coef, needs_mask(n), row0, n * kBlockN + col_lane, seq.len_k, p.causal);
         };
+        auto slot = [&](int n) { return (pos.kv + n) % kStages; };
+        auto phase = [&](int n) { return static_cast<u32>(((pos.kv + n) / kStages) & 1); };
 
-        mbar_wait(sm.k_full(0), 0);
+        mbar_wait(sm.k_full(slot(0)), phase(0));
         turn_begin();
-        gemm_qk<kBlockN>(s_acc, sm, 0, cw);
-        turn_end(false);
+        gemm_qk<kBlockN>(s_acc, sm, slot(0), cw);
+        turn_end();
         wgmma_wait<0>();
-        sigmoid_of_s(0, 0);
+        sigmoid_of_s(0, slot(0));
         pack_fragments<kBlockN>(s_acc, pf);
         // Key tiles before the last never need the V tail zeroed: (n + 1) * kBlockN < len_k.
         for (int n = 0; n + 1 < tr.n_end; ++n) {
-            const int s = n % kStages, s1 = (n + 1) % kStages;
-            mbar_wait(sm.k_full(s1), ((n + 1) / kStages) & 1);
-            mbar_wait(sm.v_full(s), (n / kStages) & 1);
+            const int s = slot(n), s1 = slot(n + 1);
+            mbar_wait(sm.k_full(s1), phase(n + 1));
+            mbar_wait(sm.v_full(s), phase(n));
             turn_begin();
             gemm_qk<kBlockN>(s_acc, sm, s1, cw);
             gemm_pv<kD>(o, pf, sm, s);
-            turn_end(false);
+            turn_end();
             wgmma_wait<1>();  // S(n+1) is done; P(n) V(n) may still run
             sigmoid_of_s(n + 1, s1);
             wgmma_wait<0>();  // the P registers are free again
@@ -309,54 +342,76 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
             if (lane == 0) mbar_arrive(sm.v_empty(s));
             pack_fragments<kBlockN>(s_acc, pf);
         }
-        const int n = tr.n_end - 1, s = n % kStages;
-        mbar_wait(sm.v_full(s), (n / kStages) & 1);
+        const int n = tr.n_end - 1, s = slot(n);
+        mbar_wait(sm.v_full(s), phase(n));
         if (kZeroVTail && (n + 1) * kBlockN > seq.len_k) zero_v_tail(sm, s, seq.len_k - n * kBlockN);
         turn_begin();
         gemm_pv<kD>(o, pf, sm, s);
-        turn_end(true);
+        turn_end();
         wgmma_wait<0>();
         reg_fence(o);
         if (lane == 0) mbar_arrive(sm.v_empty(s));
+        pos.kv += tr.n_end;
+        ++pos.q;
     }
-    store_o(o, p, seq, row0, lane, h, b);
+    store_o(o, p, seq, row0, lane, tc.h, tc.b);
 }
 
 }  // namespace sa
 
 using namespace sa;
 
-/// Grid: (query tiles, heads, batch). Block: Shape::kThreads. Dynamic shared memory:
-/// Shape::kSmemBytes.
+/// Grid: (CTAs, 1, 1), at most one per tile (FwdParams::m_tiles x heads x batch tiles). Block: Shape::kThreads. Dynamic shared memory: Shape::kSmemBytes.
 extern "C" __global__ void __launch_bounds__(Shape::kThreads, 1)
     sigmoid_attn_fwd(const __grid_constant__ TensorMap tm_q, const __grid_constant__ TensorMap tm_k,
                      const __grid_constant__ TensorMap tm_v, const __grid_constant__ FwdParams p) {
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const Smem sm((smem_addr(smem_raw) + 1023u) & ~1023u);
-
-    const int m_block = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-    const SeqInfo seq = load_seq(p, b);
-    if (m_block * kBlockM >= seq.rows) return;  // uniform over the CTA, before any barrier
-    const TileRange tr = kv_tile_range(seq, m_block, p.causal);
+    const int n_tiles = p.m_tiles * p.heads * p.batch;
 
     if (threadIdx.x == 0) {
         mbar_init(sm.q_full(), 1);
+        mbar_init(sm.q_empty(), 4 * Shape::kConsumers);  // one arrival per consumer warp
         for (int s = 0; s < kStages; ++s) {
             mbar_init(sm.k_full(s), 1);
             mbar_init(sm.v_full(s), 1);
-            mbar_init(sm.k_empty(s), 4 * Shape::kConsumers);  // one arrival per consumer warp
+            mbar_init(sm.k_empty(s), 4 * Shape::kConsumers);
             mbar_init(sm.v_empty(s), 4 * Shape::kConsumers);
         }
         fence_barrier_init();
     }
     __syncthreads();
 
+    // Producer and consumers walk the same tiles and skip the same ones (rows past the sequence:
+    // nothing to write; no visible key: zeros without loads), so their phases stay in step.
+    RingPos pos;
     const int wg = threadIdx.x / 128;
     if (wg == 0) {
         regs_decrease<kProducerRegs>();
-        if (threadIdx.x == 0 && tr.has_work) produce(tm_q, tm_k, tm_v, p, sm, seq, tr, m_block, h, b);
-    } else {
-        regs_increase<kConsumerRegs>();
-        consume(p, sm, seq, tr, m_block, wg - 1, h, b);
+        if (threadIdx.x != 0) return;
+        tma_prefetch_desc(&tm_q);
+        tma_prefetch_desc(&tm_k);
+        tma_prefetch_desc(&tm_v);
+        for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
+            const TileCoord tc = tile_coord(p, t);
+            const SeqInfo seq = load_seq(p, tc.b);
+            if (tc.m_block * kBlockM >= seq.rows) continue;
+            const TileRange tr = kv_tile_range(seq, tc.m_block, p.causal);
+            if (tr.has_work) produce(tm_q, tm_k, tm_v, p, sm, seq, tr, tc, pos);
+        }
+        return;
     }
+    regs_increase<kConsumerRegs>();
+    const int cw = wg - 1;
+    // Turns: the last warpgroup opens the first one; every turn hands over to the next
+    // warpgroup, and warpgroup 0 takes the hand-over left after the CTA's last turn, so that
+    // every named-barrier phase completes.
+    if (cw == Shape::kConsumers - 1) named_barrier_arrive(1, 128 * 2);
+    for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
+        const TileCoord tc = tile_coord(p, t);
+        const SeqInfo seq = load_seq(p, tc.b);
+        if (tc.m_block * kBlockM >= seq.rows) continue;
+        consume(p, sm, seq, kv_tile_range(seq, tc.m_block, p.causal), tc, cw, pos);
+    }
+    if (cw == 0) named_barrier_sync(1, 128 * 2);
 }

@@ -31,8 +31,10 @@ struct FwdParams {
     float scale;      ///< multiplies q . k
     SeqInfo uniform;  ///< used for every sequence when seq_ptr == 0 (q_start = k_start = 0)
     int map_batch;    ///< 1: the tensor maps index batch b; 0: packed input (batch coordinate 0)
+    int m_tiles;      ///< query tiles per (head, batch element): ceil(longest rows / kBlockM)
+    int pad0;
 };
-static_assert(sizeof(FwdParams) == 88, "FwdParams layout must match src/cuda/launch.rs");
+static_assert(sizeof(FwdParams) == 96, "FwdParams layout must match src/cuda/launch.rs");
 
 /// Per-sequence description for the backward kernels (twin of `BwdSeqInfoRaw` in
 /// src/cuda/launch.rs): the forward's fields plus the rows of dK/dV the sequence owns.

@@ -152,7 +152,7 @@ impl TileConfig {
     pub fn smem_bytes(&self, d: usize) -> u32 {
         let q = self.block_m * d * 2;
         let kv = self.block_n * d * 2;
-        let barriers = 8 * (1 + 4 * self.stages);
+        let barriers = 8 * (2 + 4 * self.stages); // Q full/empty, K/V full/empty per stage
         (1024 + q + 2 * self.stages * kv + barriers) as u32
     }
 }

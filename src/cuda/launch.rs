@@ -43,7 +43,7 @@ impl SeqInfoRaw {
     }
 }
 
-/// Forward kernel parameters; twin of `sa::FwdParams` (88 bytes).
+/// Forward kernel parameters; twin of `sa::FwdParams` (96 bytes).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) struct FwdParams {
@@ -59,8 +59,11 @@ pub(crate) struct FwdParams {
     pub scale: f32,
     pub uniform: SeqInfoRaw,
     pub map_batch: i32,
+    /// Query tiles per (head, batch element): the first extent of `ForwardLaunch::grid`.
+    pub m_tiles: i32,
+    pub pad0: i32,
 }
-const _: () = assert!(std::mem::size_of::<FwdParams>() == 88);
+const _: () = assert!(std::mem::size_of::<FwdParams>() == 96);
 
 /// A `CUtensorMap` as the kernel takes it (`sa::TensorMap`): 128 opaque bytes.
 #[repr(C, align(64))]
@@ -82,6 +85,7 @@ pub(crate) struct MapShape {
 pub(crate) struct ForwardLaunch {
     pub variant: Variant,
     pub tiles: TileConfig,
+    /// Output tiles: (query tiles, heads, batch elements).
     pub grid: (u32, u32, u32),
     /// Parameters with `o_ptr` and `seq_ptr` left at 0.
     pub params: FwdParams,
@@ -90,6 +94,26 @@ pub(crate) struct ForwardLaunch {
     pub q_map: MapShape,
     pub k_map: MapShape,
     pub v_map: MapShape,
+}
+
+impl ForwardLaunch {
+    /// The launch grid; CTA c computes the output tiles c, c + grid, ... (the kernel's shared
+    /// memory leaves room for one CTA per SM). When every tile has the same work (no causal
+    /// mask, every sequence alike) the grid is persistent: at most one CTA per SM, so that a
+    /// tile's loads overlap the previous tile's last products. Otherwise one CTA per tile: the
+    /// hardware hands the next tile to whichever SM frees first, which balances uneven tiles
+    /// where a fixed stride does not (H200, D=128 N=16k causal: 624 TFLOPS against 501).
+    pub fn launch_grid(&self, sm_count: u32) -> (u32, u32, u32) {
+        let (m, h, b) = self.grid;
+        let tiles = u64::from(m) * u64::from(h) * u64::from(b);
+        let even = self.params.causal == 0 && self.seq_table.is_none();
+        let ctas = if even {
+            tiles.min(u64::from(sm_count))
+        } else {
+            tiles
+        };
+        (ctas as u32, 1, 1)
+    }
 }
 
 fn unsupported(what: impl Into<String>) -> Error {
@@ -170,6 +194,8 @@ pub(crate) fn describe_forward(plan: &Plan) -> Result<ForwardLaunch> {
     }
     let max_rows = plan.seqs().iter().map(|s| s.rows_q).max().unwrap_or(0);
     let m_tiles = max_rows.div_ceil(tiles.block_m);
+    // The kernel numbers its tiles with 32-bit integers (and the grid's x extent holds them).
+    to_i32(m_tiles * heads * batch, "output tiles")?;
     let uniform = raw.first().copied().unwrap_or_default();
     let is_uniform = raw.iter().all(|r| r.to_bytes() == uniform.to_bytes());
     let seq_table = (!is_uniform).then(|| raw.iter().flat_map(|r| r.to_bytes()).collect());
@@ -187,6 +213,8 @@ pub(crate) fn describe_forward(plan: &Plan) -> Result<ForwardLaunch> {
         scale: plan.scale(),
         uniform,
         map_batch: if packed { 0 } else { 1 },
+        m_tiles: to_i32(m_tiles, "query tiles")?,
+        pad0: 0,
     };
     let batch_extent = if packed { 1 } else { batch };
     let map = |seq_extent, heads, strides| MapShape {
@@ -563,6 +591,24 @@ mod tests {
             .unwrap();
         let l = describe_forward(&plan).unwrap();
         assert_eq!(l.seq_table.as_ref().map(|t| t.len()), Some(48));
+    }
+
+    #[test]
+    fn forward_grid_is_persistent_only_for_even_tiles() {
+        // 3 x 4 x 2 = 24 tiles (D = 128: 128-row tiles).
+        let even = Problem::new(2, 300, 4, 128).with_dtype(DType::BF16);
+        let l = describe_forward(&even.clone().plan().unwrap()).unwrap();
+        assert_eq!(l.launch_grid(132), (24, 1, 1));
+        assert_eq!(l.launch_grid(10), (10, 1, 1));
+        let causal = even.clone().with_causal(true).plan().unwrap();
+        let l = describe_forward(&causal).unwrap();
+        assert_eq!(l.launch_grid(10), (24, 1, 1));
+        let padded = even
+            .with_lengths(Lengths::padded(&[300, 7]))
+            .plan()
+            .unwrap();
+        let l = describe_forward(&padded).unwrap();
+        assert_eq!(l.launch_grid(10), (24, 1, 1));
     }
 
     #[test]

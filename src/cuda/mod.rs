@@ -140,6 +140,8 @@ pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     device: String,
+    /// Streaming multiprocessors: the forward's persistent grid has at most one CTA on each.
+    sm_count: u32,
     jit: bool,
     /// `SIGMOID_ATTN_CUDA_CUBIN_DIR` at creation.
     cubin_dir: Option<std::path::PathBuf>,
@@ -198,11 +200,15 @@ impl CudaBackend {
                 cc.0, cc.1
             )));
         }
+        let sm_count = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| unavailable(format!("cannot query device {ordinal}: {e}")))?;
         let stream = ctx.default_stream();
         Ok(CudaBackend {
             ctx,
             stream,
             device: format!("{name} (sm_90a, device {ordinal})"),
+            sm_count: sm_count.max(1) as u32,
             jit: env_on("SIGMOID_ATTN_CUDA_JIT"),
             cubin_dir: std::env::var_os(CUBIN_DIR_ENV)
                 .filter(|dir| !dir.is_empty())
@@ -486,7 +492,7 @@ impl CudaBackend {
         unsafe {
             driver_result::launch_kernel(
                 f.cu_function(),
-                l.grid,
+                l.launch_grid(self.sm_count),
                 (l.tiles.threads(), 1, 1),
                 l.tiles.smem_bytes(d),
                 stream,
