@@ -17,6 +17,8 @@
 // Each B-matrix loaded from workgroup memory (a block of Kᵀ or V) feeds RB multiply-adds; RB = 2
 // halves those loads at the cost of registers and subgroups per workgroup (on an H200 it ran
 // 1.5–1.7× slower than RB = 1, so the host picks RB = 1 there).
+// Each S block is one dependent chain of D/16 multiply-adds; computing the tile's blocks side by
+// side (independent accumulators) measured no faster on an H200 (BENCHMARKS.md, sixth session).
 // Key tiles past the visible keys (padding, causal) are skipped; partial tiles are masked and
 // their K/V rows past the last key are loaded as zeros (NaN in padding cannot reach O). O goes
 // out through `ss` in column chunks of BK; rows past rows_q are not written.
