@@ -55,15 +55,18 @@ struct FwdConfig<64> {
 /// 502/505). Nsight Compute put
 /// L2 throughput at 33% (D=128) and 20% (D=64) of peak: the K/V re-reads are not a limit.
 ///
-/// D = 128: Q 32 KiB + 2 x (K 44 KiB + V 44 KiB) = 208 KiB of shared memory. Measured on an
+/// D = 128: Q 32 KiB + 2 x (K 32 KiB + V 32 KiB) = 160 KiB of shared memory. Measured on an
 /// H200 with the pair schedule (fifth session, one call, N = 16k / 4k): 128 x 176 tiles 680 /
 /// 620 (two rounds: 679 / 614) against 666 / 619 (659 / 618) for 128 x 128 tiles, and 657 / 620
 /// for 128 x 128 tiles with a 3-deep ring. (With the earlier schedule, 128 x 176, 192 x 128 and
-/// a 3-deep ring were all slower than 128 x 128.)
+/// a 3-deep ring were all slower than 128 x 128.) Sixth session, on the persistent grid with the
+/// mask loops (one call, two rounds, N = 1k / 4k / 16k): 128 x 128 543-546 / 665-673 / 704
+/// against 505-510 / 641-646 / 705-717 for 128 x 176 (whose last key tile of 4096 keys is 27%
+/// full: 4096 = 23 x 176 + 48), and 550-555 / 648-677 / 706-712 with a 3-deep ring.
 template <>
 struct FwdConfig<128> {
     static constexpr int kBlockM = 128;
-    static constexpr int kBlockN = 176;
+    static constexpr int kBlockN = 128;
     static constexpr int kStages = 2;
 };
 

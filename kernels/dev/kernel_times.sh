@@ -24,9 +24,10 @@ dir=""
 NCU=$(cuda_tool ncu)
 bench_table=$(host_bin "$dir" bench_table)
 [ -n "$NCU" ] || { echo "ncu not found"; exit 2; }
-for d in 128 64; do
-    for n in 1024 4096 16384; do
-        for pass in fwd bwd; do
+# KT_D, KT_N and KT_PASS narrow the sweep (e.g. KT_D=128 KT_PASS=bwd: three shapes, ~1 min).
+for d in ${KT_D:-128 64}; do
+    for n in ${KT_N:-1024 4096 16384}; do
+        for pass in ${KT_PASS:-fwd bwd}; do
             name=$pass.d$d.n$n
             # Every launch of two reps (the first warms up): the last row per kernel is the one
             # to read. The backward pass launches dkdv, dq_convert and dbias.

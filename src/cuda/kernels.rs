@@ -136,7 +136,7 @@ impl TileConfig {
             }),
             128 => Some(TileConfig {
                 block_m: 128,
-                block_n: 176,
+                block_n: 128,
                 stages: 2,
             }),
             _ => None,
