@@ -38,9 +38,26 @@ def bench_ms(path, pass_):
     return None
 
 
+def clocks(path):
+    """(median SM MHz, max W) of the samples nvidia-smi took while the GPU was busy (clock above
+    the idle floor), from `clocks.sm, power.draw` lines; None when there are none."""
+    samples = []
+    for line in open(path, errors="replace"):
+        try:
+            mhz, watts = (float(x) for x in line.split(","))
+        except ValueError:
+            continue
+        samples.append((mhz, watts))
+    busy = [s for s in samples if s[1] > 200.0] or samples
+    if not busy:
+        return None
+    mhz = sorted(s[0] for s in busy)
+    return mhz[len(mhz) // 2], max(s[1] for s in busy)
+
+
 def main(out):
-    print("| pass | D | N | kernels (µs, ncu) | sum µs | bench_table µs |")
-    print("|---|---|---|---|---|---|")
+    print("| pass | D | N | kernels (µs, ncu) | sum µs | bench_table µs | SM MHz / W (bench) |")
+    print("|---|---|---|---|---|---|---|")
     for path in sorted(glob.glob(os.path.join(out, "*.log"))):
         m = re.match(r"(fwd|bwd)\.d(\d+)\.n(\d+)\.log$", os.path.basename(path))
         if not m:
@@ -50,8 +67,11 @@ def main(out):
         ms = bench_ms(bench, m[1]) if os.path.exists(bench) else None
         parts = ", ".join(f"{k.replace('sigmoid_attn_', '')} {v:.1f}" for k, v in kernels.items())
         total = sum(kernels.values())
+        clk_path = bench.replace(".bench.log", ".bench.clocks")
+        clk = clocks(clk_path) if os.path.exists(clk_path) else None
         print(f"| {m[1]} | {m[2]} | {m[3]} | {parts or 'no ncu rows'} | {total:.1f} | "
-              f"{'' if ms is None else f'{ms * 1000:.1f}'} |")
+              f"{'' if ms is None else f'{ms * 1000:.1f}'} | "
+              f"{'' if clk is None else f'{clk[0]:.0f} / {clk[1]:.0f}'} |")
 
 
 if __name__ == "__main__":

@@ -35,10 +35,17 @@ for d in ${KT_D:-128 64}; do
                 --metrics gpu__time_duration.sum --print-units base -k regex:sigmoid_attn --csv \
                 --page raw "$bench_table" --backend cuda --pass "$pass" --dtype bf16 \
                 --d "$d" --n "$n" --pad 0 --reps 2 --no-check --warmup-ms 0
+            # The SM clock and the board power while bench_table runs (sampled every 50 ms): a
+            # kernel ncu launches alone may run at a higher clock than back-to-back launches.
+            nvidia-smi --query-gpu=clocks.sm,power.draw --format=csv,noheader,nounits -lms 50 \
+                >"$OUT/$name.bench.clocks" 2>/dev/null &
+            smi=$!
             TAIL=0 step "$name.bench" 60 env SIGMOID_ATTN_CUDA_CUBIN_DIR="$dir" "$bench_table" \
                 --backend cuda --pass "$pass" --dtype bf16 --d "$d" --n "$n" --pad 0 --reps 10 --no-check
+            kill "$smi" 2>/dev/null
         done
     done
 done
-# One line per (pass, D, N): each kernel's last duration, their sum, bench_table's median.
+# One line per (pass, D, N): each kernel's last duration, their sum, bench_table's median, and
+# the SM clock and power while bench_table ran.
 python3 kernels/dev/kernel_times.py "$OUT"
