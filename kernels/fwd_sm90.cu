@@ -361,7 +361,8 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
 
 using namespace sa;
 
-/// Grid: (CTAs, 1, 1), at most one per tile (FwdParams::m_tiles x heads x batch tiles). Block: Shape::kThreads. Dynamic shared memory: Shape::kSmemBytes.
+/// Grid: (CTAs, 1, 1), at most one per tile (FwdParams::m_tiles x heads x batch tiles).
+/// Block: Shape::kThreads. Dynamic shared memory: Shape::kSmemBytes.
 extern "C" __global__ void __launch_bounds__(Shape::kThreads, 1)
     sigmoid_attn_fwd(const __grid_constant__ TensorMap tm_q, const __grid_constant__ TensorMap tm_k,
                      const __grid_constant__ TensorMap tm_v, const __grid_constant__ FwdParams p) {
