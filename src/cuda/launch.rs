@@ -61,6 +61,7 @@ pub(crate) struct FwdParams {
     pub map_batch: i32,
     /// Query tiles per (head, batch element): the first extent of `ForwardLaunch::grid`.
     pub m_tiles: i32,
+    /// Keeps the size a multiple of the struct's 8-byte alignment, as in the kernel's twin.
     pub pad0: i32,
 }
 const _: () = assert!(std::mem::size_of::<FwdParams>() == 96);
