@@ -31,7 +31,8 @@ bench() {
 }
 bench bench_fwd "$BIN/bench_table"
 if [ -x "$BIN/bench_table_base" ]; then
-    bench bench_fwd_base "$BIN/bench_table_base" "--pad 0 --no-check"
-    bench bench_fwd_again "$BIN/bench_table" "--pad 0 --no-check"
+    # AB_OPTS picks the A/B's rows (default: dense).
+    bench bench_fwd_base "$BIN/bench_table_base" "${AB_OPTS:---pad 0 --no-check}"
+    bench bench_fwd_again "$BIN/bench_table" "${AB_OPTS:---pad 0 --no-check}"
 fi
 grep -h "passed\|FAILED\|panicked\|ERROR SUMMARY\|RACECHECK SUMMARY" "$OUT"/*.log
