@@ -37,12 +37,11 @@ case $pass in
     bwd) col=9 ;;
     *) echo "PASS must be fwd or bwd"; exit 2 ;;
 esac
-for n in "${names[@]}"; do
-    [ -d "kernels/dev/cubin/$n" ] || { echo "no kernels/dev/cubin/$n (carry kernels/dev/cubin)"; exit 2; }
-done
-
 # shellcheck source=step.sh
 . kernels/dev/step.sh
+for n in "${names[@]}"; do
+    [ -d "$(experiment_dir "$n")" ] || { echo "no $(experiment_dir "$n") (carry kernels/dev/cubin)"; exit 2; }
+done
 nvidia-smi -L
 # bench LABEL DIR: one bench_table run with DIR's cubins (empty: the shipped ones); rows of
 # "LABEL D N pad TFLOPS" are appended to $OUT/rows.txt.
@@ -59,9 +58,10 @@ if [ "${AB_CHECK:-0}" = 1 ]; then
     suite=forward
     [ "$pass" = bwd ] && suite=backward
     for n in "${names[@]}"; do
-        tests=$(host_bin "kernels/dev/cubin/$n" cuda_tests)
+        dir=$(experiment_dir "$n")
+        tests=$(host_bin "$dir" cuda_tests)
         for t in "conformance::$suite" raw::; do
-            TAIL=0 step "check.$n.${t%%:*}" 120 env SIGMOID_ATTN_CUDA_CUBIN_DIR="kernels/dev/cubin/$n" \
+            TAIL=0 step "check.$n.${t%%:*}" 120 env SIGMOID_ATTN_CUDA_CUBIN_DIR="$dir" \
                 "$tests" --test-threads=1 --nocapture "$t"
             grep -hE "FAILED  |passed,.*failed|^test result" "$OUT/check.$n.${t%%:*}.log" | sort -u
         done
@@ -71,7 +71,7 @@ fi
 for round in 1 2; do
     bench "shipped.$round" ""
     for n in "${names[@]}"; do
-        bench "$n.$round" "kernels/dev/cubin/$n"
+        bench "$n.$round" "$(experiment_dir "$n")"
     done
 done
 # One line per shape, one column per build and round.

@@ -17,13 +17,11 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sa-times-out}
 mkdir -p "$OUT"
-dir=""
-[ -n "${1:-}" ] && dir=kernels/dev/cubin/$1
 # shellcheck source=step.sh
 . kernels/dev/step.sh
-NCU=$(cuda_tool ncu)
+dir=$(experiment_dir "${1:-}")
+need_cuda_tool NCU ncu
 bench_table=$(host_bin "$dir" bench_table)
-[ -n "$NCU" ] || { echo "ncu not found"; exit 2; }
 # KT_D, KT_N and KT_PASS narrow the sweep (e.g. KT_D=128 KT_PASS=bwd: three shapes, ~1 min).
 for d in ${KT_D:-128 64}; do
     for n in ${KT_N:-1024 4096 16384}; do

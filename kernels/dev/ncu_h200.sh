@@ -15,12 +15,10 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sa-ncu-out}
 mkdir -p "$OUT"
-dir=""
-[ -n "${1:-}" ] && dir=kernels/dev/cubin/$1
 # shellcheck source=step.sh
 . kernels/dev/step.sh
-NCU=$(cuda_tool ncu)
-[ -n "$NCU" ] || { echo "ncu not found"; exit 2; }
+dir=$(experiment_dir "${1:-}")
+need_cuda_tool NCU ncu
 "$NCU" --version | tail -1
 profile() {  # NAME KERNEL_REGEX PASS D
     TAIL=2 step "ncu.$1" 170 env SIGMOID_ATTN_CUDA_CUBIN_DIR="$dir" "$NCU" --set full --import-source no \

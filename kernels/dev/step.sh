@@ -20,6 +20,19 @@ cuda_tool() {
     command -v "$1" || ls /usr/local/cuda*/bin/"$1" 2>/dev/null | head -1
 }
 
+# need_cuda_tool VAR NAME: sets VAR to cuda_tool NAME's path, or exits (status 2) without it.
+need_cuda_tool() {
+    local path
+    path=$(cuda_tool "$2")
+    [ -n "$path" ] || { echo "$2 not found"; exit 2; }
+    printf -v "$1" '%s' "$path"
+}
+
+# experiment_dir [NAME]: kernels/dev/cubin/NAME, or nothing without NAME (the shipped build).
+experiment_dir() {
+    if [ -n "${1:-}" ]; then echo "kernels/dev/cubin/$1"; fi
+}
+
 # host_bin DIR NAME: the host binary NAME (bench_table, cuda_tests) that the experiment
 # directory DIR brings, itself or through its `host` file (a directory name), else
 # target/h200's. DIR may be empty (the shipped build).
