@@ -147,9 +147,10 @@ struct FwdShape {
     static constexpr int kKVBytes = C::kBlockN * D * 2;      // one K or one V tile
     static constexpr int kQSubBytes = C::kBlockM * 128;
     static constexpr int kKVSubBytes = C::kBlockN * 128;
-    static constexpr int kBarrierBytes = 8 * (2 + 4 * C::kStages);  // Q full/empty, K/V full/empty
+    static constexpr int kQBuffers = 2;  // the next tile's Q loads while this one's is in use
+    static constexpr int kBarrierBytes = 8 * (2 * kQBuffers + 4 * C::kStages);  // Q, K/V full/empty
     // 1024 bytes of slack to align the dynamic shared-memory base to the swizzle atom.
-    static constexpr int kSmemBytes = 1024 + kQBytes + 2 * C::kStages * kKVBytes + kBarrierBytes;
+    static constexpr int kSmemBytes = 1024 + kQBuffers * kQBytes + 2 * C::kStages * kKVBytes + kBarrierBytes;
     static_assert(C::kBlockM % 64 == 0, "kBlockM is a multiple of the wgmma M (64)");
     static_assert(C::kBlockN % 16 == 0 && C::kBlockN <= 256, "kBlockN is a wgmma N");
     static_assert(kSmemBytes <= 227 * 1024, "shared memory per CTA on sm_90");

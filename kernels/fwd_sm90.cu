@@ -6,8 +6,9 @@
 // CTA c computes the O tiles c, c + gridDim.x, ... of the list of (query tile, head, batch
 // element) tiles, one kBlockM x D tile at a time; the ring positions, barrier phases and turns
 // carry over from one tile to the next, so that the next tile's Q and K/V loads overlap the
-// current tile's last products and O stores. The host launches one CTA per SM when all tiles
-// have the same work, else one per tile (ForwardLaunch::launch_grid in src/cuda/launch.rs).
+// current tile's last products and O stores. The host launches one CTA per SM when all units
+// (tiles; causal: pairs of tiles) have about the same work, else one per unit
+// (ForwardLaunch::launch_grid in src/cuda/launch.rs).
 // Warpgroup 0 is the producer: one thread issues TMA loads of the Q tile and of a kStages-deep
 // ring of K/V tiles (128-byte swizzle, completing on mbarriers). Warpgroups 1..kConsumers each own
 // 64 query rows: S = Q K^T by wgmma with both operands in shared memory, P = sigmoid(S) masked in
@@ -93,20 +94,40 @@ __device__ __forceinline__ TileRange kv_tile_range(const SeqInfo& s, int m_block
 }
 
 /// Tile t of the list. Query tiles of one (head, batch element) are adjacent, so that the CTAs
-/// running at the same time share K/V tiles in L2; causal runs them from the last (the most
-/// keys) to the first, so that the short tiles fill the end of the grid.
+/// running at the same time share K/V tiles in L2. Causal tiles alternate between the longest
+/// and the shortest left (query tiles m_tiles - 1, 0, m_tiles - 2, 1, ...): every pair of
+/// tiles t = 2u, 2u + 1 then has about the same number of keys, and a CTA walks pairs.
 struct TileCoord {
     int m_block, h, b;
 };
 
 __device__ __forceinline__ TileCoord tile_coord(const FwdParams& p, int t) {
-    const int m = t % p.m_tiles, hb = t / p.m_tiles;
-    return TileCoord{p.causal ? p.m_tiles - 1 - m : m, hb % p.heads, hb / p.heads};
+    const int j = t % p.m_tiles, hb = t / p.m_tiles;
+    const int m = !p.causal ? j : (j & 1) ? j >> 1 : p.m_tiles - 1 - (j >> 1);
+    return TileCoord{m, hb % p.heads, hb / p.heads};
+}
+
+/// Calls f(tile, sequence, key range) for this CTA's tiles with rows, in order: units u =
+/// blockIdx.x, blockIdx.x + gridDim.x, ... of one tile each, or of two when causal (a long and
+/// a short one, so that a fixed stride over units gives every CTA about the same work).
+template <typename F>
+__device__ __forceinline__ void for_each_tile(const FwdParams& p, F&& f) {
+    const int n_tiles = p.m_tiles * p.heads * p.batch;
+    const int group = p.causal ? 2 : 1;
+    // One induction variable (a nested loop over the unit's tiles spilled at D = 64): after the
+    // last tile of a unit, t jumps to the first of the CTA's next unit.
+    const int jump = (static_cast<int>(gridDim.x) - 1) * group;
+    for (int t = blockIdx.x * group; t < n_tiles; t += (t + 1) % group == 0 ? 1 + jump : 1) {
+        const TileCoord tc = tile_coord(p, t);
+        const SeqInfo seq = load_seq(p, tc.b);
+        if (tc.m_block * kBlockM >= seq.rows) continue;
+        f(tc, seq, kv_tile_range(seq, tc.m_block, p.causal));
+    }
 }
 
 /// Where a CTA stands in its barrier phases, carried from one tile to the next: `kv` counts the
 /// K/V tiles streamed so far (ring slot kv % kStages, phase (kv / kStages) & 1), `q` the tiles
-/// with work (phase of q_full and q_empty).
+/// with work (Q buffer q % 2, phase (q / 2) & 1 of its q_full and q_empty).
 struct RingPos {
     int kv = 0;
     int q = 0;
@@ -118,17 +139,18 @@ struct Smem {
     u32 q, k, v, bars;
     __device__ __forceinline__ explicit Smem(u32 base) {
         q = base;
-        k = q + Shape::kQBytes;
+        k = q + Shape::kQBuffers * Shape::kQBytes;
         v = k + kStages * Shape::kKVBytes;
         bars = v + kStages * Shape::kKVBytes;
     }
-    __device__ __forceinline__ u32 q_full() const { return bars; }
-    __device__ __forceinline__ u32 k_full(int s) const { return bars + 8 * (1 + s); }
-    __device__ __forceinline__ u32 v_full(int s) const { return bars + 8 * (1 + kStages + s); }
-    __device__ __forceinline__ u32 k_empty(int s) const { return bars + 8 * (1 + 2 * kStages + s); }
-    __device__ __forceinline__ u32 v_empty(int s) const { return bars + 8 * (1 + 3 * kStages + s); }
-    /// Q may be overwritten: every consumer warp has its tile's last S product.
-    __device__ __forceinline__ u32 q_empty() const { return bars + 8 * (1 + 4 * kStages); }
+    __device__ __forceinline__ u32 q_tile(int i) const { return q + i * Shape::kQBytes; }
+    __device__ __forceinline__ u32 q_full(int i) const { return bars + 8 * i; }
+    __device__ __forceinline__ u32 k_full(int s) const { return bars + 8 * (2 + s); }
+    __device__ __forceinline__ u32 v_full(int s) const { return bars + 8 * (2 + kStages + s); }
+    __device__ __forceinline__ u32 k_empty(int s) const { return bars + 8 * (2 + 2 * kStages + s); }
+    __device__ __forceinline__ u32 v_empty(int s) const { return bars + 8 * (2 + 3 * kStages + s); }
+    /// Q buffer i may be overwritten: every consumer warp has its tile's last S product.
+    __device__ __forceinline__ u32 q_empty(int i) const { return bars + 8 * (2 + 4 * kStages + i); }
     __device__ __forceinline__ u32 k_tile(int s) const { return k + s * Shape::kKVBytes; }
     __device__ __forceinline__ u32 v_tile(int s) const { return v + s * Shape::kKVBytes; }
 };
@@ -139,12 +161,14 @@ __device__ __forceinline__ void produce(const TensorMap& tm_q, const TensorMap& 
                                         const SeqInfo& seq, TileRange tr, TileCoord tc, RingPos& pos) {
     const int kvh = tc.h / p.kv_group;
     const int bq = tc.b * p.map_batch;
-    // The previous tile's Q is free once every consumer warp has its last S product.
-    mbar_wait(sm.q_empty(), (pos.q & 1) ^ 1);
-    mbar_arrive_expect_tx(sm.q_full(), Shape::kQBytes);
+    // Q buffer qb is free once every consumer warp has the last S product of the tile before
+    // the previous one: this tile's Q loads while the previous tile still runs.
+    const int qb = pos.q & 1;
+    mbar_wait(sm.q_empty(qb), ((pos.q >> 1) & 1) ^ 1);
+    mbar_arrive_expect_tx(sm.q_full(qb), Shape::kQBytes);
 #pragma unroll
     for (int c = 0; c < Shape::kSub; ++c)
-        tma_load_4d(sm.q + c * Shape::kQSubBytes, &tm_q, sm.q_full(), c * 64,
+        tma_load_4d(sm.q_tile(qb) + c * Shape::kQSubBytes, &tm_q, sm.q_full(qb), c * 64,
                     seq.q_start + tc.m_block * kBlockM, tc.h, bq);
     ++pos.q;
 
@@ -169,12 +193,12 @@ __device__ __forceinline__ void produce(const TensorMap& tm_q, const TensorMap& 
 
 /// S = Q K^T for this warpgroup's 64 rows: kD/16 wgmma steps of k16, both operands K-major.
 template <int N>
-__device__ __forceinline__ void gemm_qk(float (&s_acc)[N / 2], const Smem& sm, int stage, int cw) {
+__device__ __forceinline__ void gemm_qk(float (&s_acc)[N / 2], const Smem& sm, int qb, int stage, int cw) {
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk) {
         const int c = kk / 4, w = kk % 4;
-        const u64 da = wgmma_desc_sw128(sm.q + c * Shape::kQSubBytes + cw * 64 * 128 + w * 32, 16, 1024);
+        const u64 da = wgmma_desc_sw128(sm.q_tile(qb) + c * Shape::kQSubBytes + cw * 64 * 128 + w * 32, 16, 1024);
         const u64 db = wgmma_desc_sw128(sm.k_tile(stage) + c * Shape::kKVSubBytes + w * 32, 16, 1024);
         if constexpr (N == 128) {
             wgmma_ss_n128<0>(s_acc, da, db, kk > 0 ? 1 : 0);
@@ -296,7 +320,8 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
         };
         float s_acc[kBlockN / 2];
         u32 pf[kBlockN / 16][4];
-        mbar_wait(sm.q_full(), pos.q & 1);
+        const int qb = pos.q & 1;
+        mbar_wait(sm.q_full(qb), (pos.q >> 1) & 1);
         // Schedule: S(n+1) = Q K(n+1)^T and O += P(n) V(n) are issued together, then the
         // sigmoid of S(n+1) runs while P(n) V(n) is still on the tensor cores (nothing else waits
         // for O: sigmoid needs no rescaling). The consumer warpgroups take turns to issue their
@@ -313,7 +338,7 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
         auto sigmoid_of_s = [&](int n, int stage) {
             reg_fence(s_acc);
             if (lane == 0) mbar_arrive(sm.k_empty(stage));
-            if (lane == 0 && n == tr.n_end - 1) mbar_arrive(sm.q_empty());
+            if (lane == 0 && n == tr.n_end - 1) mbar_arrive(sm.q_empty(qb));
             sigmoid_mask(s_acc, coef, needs_mask(n), row0, n * kBlockN + col_lane, seq.len_k, p.causal);
         };
         auto slot = [&](int n) { return (pos.kv + n) % kStages; };
@@ -321,7 +346,7 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
 
         mbar_wait(sm.k_full(slot(0)), phase(0));
         turn_begin();
-        gemm_qk<kBlockN>(s_acc, sm, slot(0), cw);
+        gemm_qk<kBlockN>(s_acc, sm, qb, slot(0), cw);
         turn_end();
         wgmma_wait<0>();
         sigmoid_of_s(0, slot(0));
@@ -332,7 +357,7 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
             mbar_wait(sm.k_full(s1), phase(n + 1));
             mbar_wait(sm.v_full(s), phase(n));
             turn_begin();
-            gemm_qk<kBlockN>(s_acc, sm, s1, cw);
+            gemm_qk<kBlockN>(s_acc, sm, qb, s1, cw);
             gemm_pv<kD>(o, pf, sm, s);
             turn_end();
             wgmma_wait<1>();  // S(n+1) is done; P(n) V(n) may still run
@@ -361,18 +386,20 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
 
 using namespace sa;
 
-/// Grid: (CTAs, 1, 1), at most one per tile (FwdParams::m_tiles x heads x batch tiles).
+/// Grid: (CTAs, 1, 1), at most one per unit of for_each_tile (FwdParams::m_tiles x heads x
+/// batch tiles, in pairs when causal).
 /// Block: Shape::kThreads. Dynamic shared memory: Shape::kSmemBytes.
 extern "C" __global__ void __launch_bounds__(Shape::kThreads, 1)
     sigmoid_attn_fwd(const __grid_constant__ TensorMap tm_q, const __grid_constant__ TensorMap tm_k,
                      const __grid_constant__ TensorMap tm_v, const __grid_constant__ FwdParams p) {
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const Smem sm((smem_addr(smem_raw) + 1023u) & ~1023u);
-    const int n_tiles = p.m_tiles * p.heads * p.batch;
 
     if (threadIdx.x == 0) {
-        mbar_init(sm.q_full(), 1);
-        mbar_init(sm.q_empty(), 4 * Shape::kConsumers);  // one arrival per consumer warp
+        for (int i = 0; i < Shape::kQBuffers; ++i) {
+            mbar_init(sm.q_full(i), 1);
+            mbar_init(sm.q_empty(i), 4 * Shape::kConsumers);  // one arrival per consumer warp
+        }
         for (int s = 0; s < kStages; ++s) {
             mbar_init(sm.k_full(s), 1);
             mbar_init(sm.v_full(s), 1);
@@ -393,13 +420,9 @@ extern "C" __global__ void __launch_bounds__(Shape::kThreads, 1)
         tma_prefetch_desc(&tm_q);
         tma_prefetch_desc(&tm_k);
         tma_prefetch_desc(&tm_v);
-        for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
-            const TileCoord tc = tile_coord(p, t);
-            const SeqInfo seq = load_seq(p, tc.b);
-            if (tc.m_block * kBlockM >= seq.rows) continue;
-            const TileRange tr = kv_tile_range(seq, tc.m_block, p.causal);
+        for_each_tile(p, [&](TileCoord tc, const SeqInfo& seq, TileRange tr) {
             if (tr.has_work) produce(tm_q, tm_k, tm_v, p, sm, seq, tr, tc, pos);
-        }
+        });
         return;
     }
     regs_increase<kConsumerRegs>();
@@ -408,11 +431,6 @@ extern "C" __global__ void __launch_bounds__(Shape::kThreads, 1)
     // warpgroup, and warpgroup 0 takes the hand-over left after the CTA's last turn, so that
     // every named-barrier phase completes.
     if (cw == Shape::kConsumers - 1) named_barrier_arrive(1, 128 * 2);
-    for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
-        const TileCoord tc = tile_coord(p, t);
-        const SeqInfo seq = load_seq(p, tc.b);
-        if (tc.m_block * kBlockM >= seq.rows) continue;
-        consume(p, sm, seq, kv_tile_range(seq, tc.m_block, p.causal), tc, cw, pos);
-    }
+    for_each_tile(p, [&](TileCoord tc, const SeqInfo& seq, TileRange tr) { consume(p, sm, seq, tr, tc, cw, pos); });
     if (cw == 0) named_barrier_sync(1, 128 * 2);
 }

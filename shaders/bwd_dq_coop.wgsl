@@ -29,6 +29,10 @@ override KV_LEN: u32 = 1152u; // max(2·BK, BQ) · (D + 8) / 4   f16 quads
 override S_LEN: u32 = 1152u;  // 2 · BQ · (BK + 4) / 4         f32 quads
 override P_LEN: u32 = 640u;   // BQ · (BK + 8) / 4             f16 quads
 
+// Quads of one K (and of one V) tile that an invocation holds in registers (tile quads / WG, at
+// most this; the host checks it).
+const PRE_MAX: u32 = 16u;
+
 alias AM = coop_mat16x16<f16, A>;
 alias BM = coop_mat16x16<f16, B>;
 alias CM = coop_mat16x16<f32, C>;
@@ -183,23 +187,53 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var gq7 = CM();
 
     let n_kt = (kend + BK - 1u) / BK;
+    // K and V reach workgroup memory through registers one tile ahead: the loads of tile kt + 1
+    // are in flight during tile kt's products. `pk`/`pv` hold the raw storage quads (quad
+    // tid + i·WG of the tile in element i), zeros past the visible keys.
+    let n_pre = min((BK * D4 + WG - 1u) / WG, PRE_MAX);
+    var pk: array<Quad, PRE_MAX>;
+    var pv: array<Quad, PRE_MAX>;
+    if (n_kt > 0u) {
+        let kn0 = min(BK, kend);
+        for (var i = 0u; i < n_pre; i++) {
+            let e = tid + i * WG;
+            var xk = Quad();
+            var xv = Quad();
+            if (e < BK * D4 && e / D4 < kn0) {
+                xk = k[kbase + (e / D4) * prm.k_str.y + e % D4];
+                xv = v[vbase + (e / D4) * prm.v_str.y + e % D4];
+            }
+            pk[i] = xk;
+            pv[i] = xv;
+        }
+    }
     for (var kt = 0u; kt < n_kt; kt++) {
         let k0 = kt * BK;
         let kn = min(BK, kend - k0);      // visible keys in this tile
         let n_kb = (kn + 15u) / 16u;
         workgroupBarrier();               // dO / the last tile's K fully read
-        // 1. K and V of the tile, zeros past the visible keys.
-        for (var e = tid; e < BK * D4; e += WG) {
-            let r = e / D4;
-            let c4 = e % D4;
-            var xk = vec4<f32>(0.0);
-            var xv = vec4<f32>(0.0);
-            if (r < kn) {
-                xk = load_quad(k[kbase + (k0 + r) * prm.k_str.y + c4]);
-                xv = load_quad(v[vbase + (k0 + r) * prm.v_str.y + c4]);
+        // 1. K and V of the tile (zeros past the visible keys), then the next tile's loads.
+        for (var i = 0u; i < n_pre; i++) {
+            let e = tid + i * WG;
+            if (e < BK * D4) {
+                let at = (e / D4) * LDK + e % D4;
+                kv[at] = vec4<f16>(load_quad(pk[i]));
+                kv[VO + at] = vec4<f16>(load_quad(pv[i]));
             }
-            kv[r * LDK + c4] = vec4<f16>(xk);
-            kv[VO + r * LDK + c4] = vec4<f16>(xv);
+        }
+        if (kt + 1u < n_kt) {
+            let kn1 = min(BK, kend - k0 - BK);
+            for (var i = 0u; i < n_pre; i++) {
+                let e = tid + i * WG;
+                var xk = Quad();
+                var xv = Quad();
+                if (e < BK * D4 && e / D4 < kn1) {
+                    xk = k[kbase + (k0 + BK + e / D4) * prm.k_str.y + e % D4];
+                    xv = v[vbase + (k0 + BK + e / D4) * prm.v_str.y + e % D4];
+                }
+                pk[i] = xk;
+                pv[i] = xv;
+            }
         }
         workgroupBarrier();
         // 2. S = Q Kᵀ and dP = dO Vᵀ, one block of 16 keys at a time.

@@ -37,6 +37,10 @@ override KV_LEN: u32 = 2304u; // max(BQ, BK) · (D + 8) / 4   f16 quads
 override S_LEN: u32 = 1088u;  // BQ · (BK + 4) / 4           f32 quads
 override P_LEN: u32 = 1152u;  // BQ · (BK + 8) / 4           f16 quads
 
+// Quads of one K or V tile that an invocation holds in registers (tile quads / WG, at most this;
+// the host checks it).
+const PRE_MAX: u32 = 32u;
+
 alias AM = coop_mat16x16<f16, A>;
 alias BM = coop_mat16x16<f16, B>;
 alias CM = coop_mat16x16<f32, C>;
@@ -164,18 +168,41 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var p7 = CM();
 
     let n_kt = (kend + BK - 1u) / BK;
+    // K and V reach workgroup memory through registers one phase ahead: the loads of V(kt) are
+    // in flight during the S products of tile kt and those of K(kt + 1) during its P V products,
+    // instead of each load phase waiting on global memory between two barriers. `pre` holds the
+    // raw storage quads (converted when stored), quad tid + i·WG of the tile in element i, zeros
+    // past the visible keys.
+    let n_pre = min((BK * D4 + WG - 1u) / WG, PRE_MAX);
+    var pre: array<Quad, PRE_MAX>;
+    if (n_kt > 0u) {
+        let kn0 = min(BK, kend);
+        for (var i = 0u; i < n_pre; i++) {
+            let e = tid + i * WG;
+            var x = Quad();
+            if (e < BK * D4 && e / D4 < kn0) {
+                x = k[kbase + (e / D4) * prm.k_str.y + e % D4];
+            }
+            pre[i] = x;
+        }
+    }
     for (var kt = 0u; kt < n_kt; kt++) {
         let k0 = kt * BK;
         let kn = min(BK, kend - k0);      // visible keys in this tile
         workgroupBarrier();               // Q / the last tile's V fully read
-        for (var e = tid; e < BK * D4; e += WG) {
-            let r = e / D4;
-            let c4 = e % D4;
-            var x = vec4<f32>(0.0);
-            if (r < kn) {
-                x = load_quad(k[kbase + (k0 + r) * prm.k_str.y + c4]);
+        for (var i = 0u; i < n_pre; i++) {
+            let e = tid + i * WG;
+            if (e < BK * D4) {
+                kv[(e / D4) * LDK + e % D4] = vec4<f16>(load_quad(pre[i]));
             }
-            kv[r * LDK + c4] = vec4<f16>(x);
+        }
+        for (var i = 0u; i < n_pre; i++) {
+            let e = tid + i * WG;
+            var x = Quad();
+            if (e < BK * D4 && e / D4 < kn) {
+                x = v[vbase + (k0 + e / D4) * prm.v_str.y + e % D4];
+            }
+            pre[i] = x;
         }
         workgroupBarrier();
         // 1. S = Q Kᵀ, one 16×16 block of keys at a time.
@@ -249,14 +276,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let p = select(vec4<f32>(0.0), sigmoid4(fma(sv, vec4<f32>(scale), vec4<f32>(bias))), ok);
             ps[i * LDP + j4] = vec4<f16>(p);
         }
-        for (var e = tid; e < BK * D4; e += WG) {
-            let r = e / D4;
-            let c4 = e % D4;
-            var x = vec4<f32>(0.0);
-            if (r < kn) {
-                x = load_quad(v[vbase + (k0 + r) * prm.v_str.y + c4]);
+        for (var i = 0u; i < n_pre; i++) {
+            let e = tid + i * WG;
+            if (e < BK * D4) {
+                kv[(e / D4) * LDK + e % D4] = vec4<f16>(load_quad(pre[i]));
             }
-            kv[r * LDK + c4] = vec4<f16>(x);
+        }
+        if (kt + 1u < n_kt) {
+            let kn1 = min(BK, kend - k0 - BK);
+            for (var i = 0u; i < n_pre; i++) {
+                let e = tid + i * WG;
+                var x = Quad();
+                if (e < BK * D4 && e / D4 < kn1) {
+                    x = k[kbase + (k0 + BK + e / D4) * prm.k_str.y + e % D4];
+                }
+                pre[i] = x;
+            }
         }
         workgroupBarrier();
         // 3. O += P V over the 16-key blocks that hold visible keys.

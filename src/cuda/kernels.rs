@@ -152,8 +152,9 @@ impl TileConfig {
     pub fn smem_bytes(&self, d: usize) -> u32 {
         let q = self.block_m * d * 2;
         let kv = self.block_n * d * 2;
-        let barriers = 8 * (2 + 4 * self.stages); // Q full/empty, K/V full/empty per stage
-        (1024 + q + 2 * self.stages * kv + barriers) as u32
+        // Two Q buffers; full/empty barriers for each Q buffer and each K/V stage.
+        let barriers = 8 * (4 + 4 * self.stages);
+        (1024 + 2 * q + 2 * self.stages * kv + barriers) as u32
     }
 }
 

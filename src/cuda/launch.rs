@@ -98,25 +98,33 @@ pub(crate) struct ForwardLaunch {
 }
 
 impl ForwardLaunch {
-    /// The launch grid; CTA c computes the output tiles c, c + grid, ... (the kernel's shared
-    /// memory leaves room for one CTA per SM). When every tile has the same work (no causal
-    /// mask, every sequence alike and unpadded) the grid is persistent: at most one CTA per SM,
-    /// so that a tile's loads overlap the previous tile's last products. Otherwise one CTA per
-    /// tile: the hardware hands the next tile to whichever SM frees first, which balances
-    /// uneven tiles where a fixed stride does not (H200, D=128 N=16k causal: 690 TFLOPS against
-    /// 513 on the fixed stride; D=64 N=16k with one sequence of 12317 rows: 504 on the fixed
-    /// stride, whose busiest CTA gets 14% more than the average work).
+    /// The launch grid; CTA c computes the units c, c + grid, ... of output tiles (one tile, or
+    /// a pair of a long and a short tile when causal; the kernel's shared memory leaves room
+    /// for one CTA per SM). When every unit has about the same work (every sequence alike and
+    /// unpadded) the grid is persistent: at most one CTA per SM, so that a tile's loads overlap
+    /// the previous tile's last products. Otherwise one CTA per unit: the hardware hands the
+    /// next unit to whichever SM frees first, which balances uneven units where a fixed stride
+    /// does not (H200: D=64 N=16k with one sequence of 12317 rows, 504 TFLOPS on the fixed
+    /// stride, whose busiest CTA gets 14% more than the average work; causal tiles one by one
+    /// on the fixed stride, D=128 N=16k 513 against 690 one CTA per tile).
     pub fn launch_grid(&self, sm_count: u32) -> (u32, u32, u32) {
         let (m, h, b) = self.grid;
         let tiles = u64::from(m) * u64::from(h) * u64::from(b);
-        // Every tile has the same work: no causal mask, one description for every sequence,
-        // and no padding rows (their tiles only write zeros).
-        let u = &self.params.uniform;
-        let even = self.params.causal == 0 && self.seq_table.is_none() && u.len_q == u.rows;
-        let ctas = if even {
-            tiles.min(u64::from(sm_count))
+        // The kernel walks causal tiles in pairs of a long and a short one (fwd_sm90.cu,
+        // for_each_tile).
+        let units = if self.params.causal != 0 {
+            tiles.div_ceil(2)
         } else {
             tiles
+        };
+        // Every unit has about the same work: one description for every sequence and no
+        // padding rows (their tiles only write zeros).
+        let u = &self.params.uniform;
+        let even = self.seq_table.is_none() && u.len_q == u.rows;
+        let ctas = if even {
+            units.min(u64::from(sm_count))
+        } else {
+            units
         };
         (ctas as u32, 1, 1)
     }
@@ -606,9 +614,19 @@ mod tests {
         let l = describe_forward(&even.clone().plan().unwrap()).unwrap();
         assert_eq!(l.launch_grid(132), (24, 1, 1));
         assert_eq!(l.launch_grid(10), (10, 1, 1));
+        // Causal: 12 pairs of tiles.
         let causal = even.clone().with_causal(true).plan().unwrap();
         let l = describe_forward(&causal).unwrap();
-        assert_eq!(l.launch_grid(10), (24, 1, 1));
+        assert_eq!(l.launch_grid(10), (10, 1, 1));
+        assert_eq!(l.launch_grid(132), (12, 1, 1));
+        let causal_padded = even
+            .clone()
+            .with_causal(true)
+            .with_lengths(Lengths::padded(&[300, 7]))
+            .plan()
+            .unwrap();
+        let l = describe_forward(&causal_padded).unwrap();
+        assert_eq!(l.launch_grid(10), (12, 1, 1));
         let padded = even
             .clone()
             .with_lengths(Lengths::padded(&[300, 7]))

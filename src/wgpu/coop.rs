@@ -196,6 +196,11 @@ impl CoopTiles {
             && self.d <= MAX_HEAD_DIM
             && self.bk % 16 == 0
             && self.bk > 0
+            // The forward holds a K or V tile in registers, at most 32 quads per invocation; the
+            // dQ kernel a K and a V tile, at most 16 quads each.
+            && (kernel != CoopKernel::Forward || self.bk * self.d / 4 <= 32 * self.workgroup_size())
+            && (kernel != CoopKernel::BackwardDq
+                || self.bk * self.d / 4 <= 16 * self.workgroup_size())
             && self.nsg > 0
             && rb_ok
             && self.sgs > 0
