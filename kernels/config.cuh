@@ -38,6 +38,15 @@ struct FwdConfig<64> {
 /// 425-429 / 514-520 / 561-564. (Third session, with the older schedule, the persistent grid
 /// alone had been dropped the same way: fwd_persistent.patch against 849cd3a.)
 ///
+/// Seventh session (bf16, TFLOPS at N = 1k / 4k / 16k, two rounds, A/B in one call against
+/// 2012462 at 552-544 / 672-679 / 704-710 for D = 128 dense): causal tiles walked in long/short
+/// pairs so that causal plans take the persistent grid (causal D = 128 371 / 567 / 687 ->
+/// 407 / 605 / 695, D = 64 260 / 440 / 536 -> 289 / 462 / 541; dense 532-539 / 662-669 / 720)
+/// and two Q buffers (dense D = 128 542 / 673-674 / 728-736, D = 64 unchanged): both shipped.
+/// Dropped: the consumers' pair schedule run on across tile boundaries (the next tile's S(0)
+/// issued with this tile's last P V; fwd_cross_tile_pairs.patch against 559621a): 508-523 /
+/// 640-645 / 670-685 at D = 128, D = 64 -1 to -3%.
+///
 /// Fourth session, measured and dropped (bf16, dense, two rounds each, A/B in one call;
 /// patches in kernels/dev/experiments/): Q kept in registers as wgmma A fragments
 /// (fwd_q_in_regs.patch; D=128 16k 610/621 against 609/596, D=64 483/485 against 488/489);
@@ -55,7 +64,7 @@ struct FwdConfig<64> {
 /// 502/505). Nsight Compute put
 /// L2 throughput at 33% (D=128) and 20% (D=64) of peak: the K/V re-reads are not a limit.
 ///
-/// D = 128: Q 32 KiB + 2 x (K 32 KiB + V 32 KiB) = 160 KiB of shared memory. Measured on an
+/// D = 128: 2 x Q 32 KiB + 2 x (K 32 KiB + V 32 KiB) = 192 KiB of shared memory. Measured on an
 /// H200 with the pair schedule (fifth session, one call, N = 16k / 4k): 128 x 176 tiles 680 /
 /// 620 (two rounds: 679 / 614) against 666 / 619 (659 / 618) for 128 x 128 tiles, and 657 / 620
 /// for 128 x 128 tiles with a 3-deep ring. (With the earlier schedule, 128 x 176, 192 x 128 and
