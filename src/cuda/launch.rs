@@ -61,8 +61,8 @@ pub(crate) struct FwdParams {
     pub map_batch: i32,
     /// Query tiles per (head, batch element): the first extent of `ForwardLaunch::grid`.
     pub m_tiles: i32,
-    /// Keeps the size a multiple of the struct's 8-byte alignment, as in the kernel's twin.
-    pub pad0: i32,
+    /// Units in the work order that follows the per-sequence table (0: no order).
+    pub order_units: i32,
 }
 const _: () = assert!(std::mem::size_of::<FwdParams>() == 96);
 
@@ -90,7 +90,9 @@ pub(crate) struct ForwardLaunch {
     pub grid: (u32, u32, u32),
     /// Parameters with `o_ptr` and `seq_ptr` left at 0.
     pub params: FwdParams,
-    /// Per-sequence table when sequences differ; `None` when `params.uniform` describes all.
+    /// The per-sequence table followed by the work order (`params.order_units` u32 unit
+    /// indices) when units differ in work; `None` when `params.uniform` describes every
+    /// sequence and every unit has the same work.
     pub seq_table: Option<Vec<u8>>,
     pub q_map: MapShape,
     pub k_map: MapShape,
@@ -98,36 +100,83 @@ pub(crate) struct ForwardLaunch {
 }
 
 impl ForwardLaunch {
-    /// The launch grid; CTA c computes the units c, c + grid, ... of output tiles (one tile, or
-    /// a pair of a long and a short tile when causal; the kernel's shared memory leaves room
-    /// for one CTA per SM). When every unit has about the same work (every sequence alike and
-    /// unpadded) the grid is persistent: at most one CTA per SM, so that a tile's loads overlap
-    /// the previous tile's last products. Otherwise one CTA per unit: the hardware hands the
-    /// next unit to whichever SM frees first, which balances uneven units where a fixed stride
-    /// does not (H200: D=64 N=16k with one sequence of 12317 rows, 504 TFLOPS on the fixed
-    /// stride, whose busiest CTA gets 14% more than the average work; causal tiles one by one
-    /// on the fixed stride, D=128 N=16k 513 against 690 one CTA per tile).
+    /// The launch grid: at most one CTA per SM (the kernel's shared memory leaves room for
+    /// one), CTA c computing the units c, c + grid, ... of output tiles (one tile, or a pair of
+    /// a long and a short tile when causal), so that a tile's loads overlap the previous
+    /// tile's last products. Plans whose units differ in work list them heaviest first
+    /// ([`work_order`]), which bounds the difference between any two CTAs' work by one unit.
+    /// (H200, before the order: the fixed stride over unsorted units gave the busiest CTA 14%
+    /// more than the average at D=64 N=16k with one sequence of 12317 rows.)
     pub fn launch_grid(&self, sm_count: u32) -> (u32, u32, u32) {
         let (m, h, b) = self.grid;
         let tiles = u64::from(m) * u64::from(h) * u64::from(b);
-        // The kernel walks causal tiles in pairs of a long and a short one (fwd_sm90.cu,
-        // for_each_tile).
-        let units = if self.params.causal != 0 {
-            tiles.div_ceil(2)
+        let units = if self.params.order_units > 0 {
+            self.params.order_units as u64
         } else {
-            tiles
+            tiles.div_ceil(tile_group(self.params.causal != 0) as u64)
         };
-        // Every unit has about the same work: one description for every sequence and no
-        // padding rows (their tiles only write zeros).
-        let u = &self.params.uniform;
-        let even = self.seq_table.is_none() && u.len_q == u.rows;
-        let ctas = if even {
-            units.min(u64::from(sm_count))
-        } else {
-            units
-        };
-        (ctas as u32, 1, 1)
+        (units.clamp(1, u64::from(sm_count)) as u32, 1, 1)
     }
+}
+
+/// Tiles per unit of the forward's tile walk: causal tiles go in pairs of a long and a short one
+/// (fwd_sm90.cu, tile_coord and for_each_tile).
+fn tile_group(causal: bool) -> usize {
+    if causal {
+        2
+    } else {
+        1
+    }
+}
+
+/// The forward's units (see [`tile_group`]) that have rows, heaviest first (ties in their
+/// natural order, so that the tiles of one head and sequence stay together and share K/V in
+/// L2). A tile's work is counted as its key tiles plus one for its Q load and O store (a tile
+/// past `len_q` only writes zeros). Mirrors `tile_coord` and `kv_tile_range` of fwd_sm90.cu.
+fn work_order(
+    seqs: &[SeqInfoRaw],
+    heads: usize,
+    m_tiles: usize,
+    tiles: &TileConfig,
+    causal: bool,
+) -> Vec<u32> {
+    let (block_m, block_n) = (tiles.block_m as i64, tiles.block_n as i64);
+    let n_tiles = m_tiles * heads * seqs.len();
+    let tile_work = |t: usize| -> u64 {
+        let (j, s) = (t % m_tiles, &seqs[t / m_tiles / heads]);
+        let m = match (causal, j % 2) {
+            (false, _) => j,
+            (true, 1) => j / 2,
+            (true, _) => m_tiles - 1 - j / 2,
+        } as i64;
+        let q0 = m * block_m;
+        if q0 >= i64::from(s.rows) {
+            return 0;
+        }
+        let mut n_end = (i64::from(s.len_k) + block_n - 1) / block_n;
+        if causal {
+            let q_last = (q0 + block_m).min(i64::from(s.len_q)) - 1;
+            n_end = n_end.min(q_last.div_euclid(block_n) + 1);
+        }
+        let keys = if q0 < i64::from(s.len_q) {
+            n_end.max(0)
+        } else {
+            0
+        };
+        1 + keys as u64
+    };
+    let group = tile_group(causal);
+    let mut units: Vec<(u64, u32)> = (0..n_tiles.div_ceil(group))
+        .map(|u| {
+            let work = (u * group..((u + 1) * group).min(n_tiles))
+                .map(tile_work)
+                .sum();
+            (work, u as u32)
+        })
+        .filter(|&(work, _)| work > 0)
+        .collect();
+    units.sort_unstable_by_key(|&(work, u)| (std::cmp::Reverse(work), u));
+    units.into_iter().map(|(_, u)| u).collect()
 }
 
 fn unsupported(what: impl Into<String>) -> Error {
@@ -212,7 +261,15 @@ pub(crate) fn describe_forward(plan: &Plan) -> Result<ForwardLaunch> {
     to_i32(m_tiles * heads * batch, "output tiles")?;
     let uniform = raw.first().copied().unwrap_or_default();
     let is_uniform = raw.iter().all(|r| r.to_bytes() == uniform.to_bytes());
-    let seq_table = (!is_uniform).then(|| raw.iter().flat_map(|r| r.to_bytes()).collect());
+    // Every unit has the same work: one description for every sequence, and no padding rows
+    // (their tiles only write zeros).
+    let even = is_uniform && uniform.len_q == uniform.rows;
+    let order = (!even).then(|| work_order(&raw, heads, m_tiles, &tiles, plan.causal()));
+    let seq_table = order.as_ref().map(|order| {
+        let seqs = raw.iter().flat_map(|r| r.to_bytes());
+        seqs.chain(order.iter().flat_map(|u| u.to_le_bytes()))
+            .collect()
+    });
 
     let params = FwdParams {
         o_ptr: 0,
@@ -228,7 +285,7 @@ pub(crate) fn describe_forward(plan: &Plan) -> Result<ForwardLaunch> {
         uniform,
         map_batch: if packed { 0 } else { 1 },
         m_tiles: to_i32(m_tiles, "query tiles")?,
-        pad0: 0,
+        order_units: order.as_ref().map_or(0, |o| o.len() as i32),
     };
     let batch_extent = if packed { 1 } else { batch };
     let map = |seq_extent, heads, strides| MapShape {
@@ -604,44 +661,79 @@ mod tests {
             .plan()
             .unwrap();
         let l = describe_forward(&plan).unwrap();
-        assert_eq!(l.seq_table.as_ref().map(|t| t.len()), Some(48));
+        // Two sequences, then the work order of 2 x 4 x 2 tiles (192-row tiles).
+        assert_eq!(l.seq_table.as_ref().map(|t| t.len()), Some(48 + 4 * 16));
+        assert_eq!(l.params.order_units, 16);
     }
 
     #[test]
-    fn forward_grid_is_persistent_only_for_even_tiles() {
+    fn work_order_lists_units_heaviest_first() {
+        // D = 128: 128 x 128 tiles, 3 query tiles per (head, sequence), tile t = m + 3 (h + 4 b).
+        let padded = Problem::new(2, 300, 4, 128)
+            .with_dtype(DType::BF16)
+            .with_lengths(Lengths::padded(&[300, 7]));
+        let l = describe_forward(&padded.clone().plan().unwrap()).unwrap();
+        let order = |l: &ForwardLaunch| -> Vec<u32> {
+            let t = l.seq_table.as_ref().unwrap();
+            let words = t[24 * l.grid.2 as usize..].chunks(4);
+            words
+                .map(|w| u32::from_le_bytes(w.try_into().unwrap()))
+                .collect()
+        };
+        // Sequence 0: 3 key tiles per query tile (work 4); sequence 1 (7 rows): its first query
+        // tile sees 1 key tile (work 2), the other two only write zeros (work 1).
+        let mut want: Vec<u32> = (0..12).collect();
+        want.extend([12, 15, 18, 21, 13, 14, 16, 17, 19, 20, 22, 23]);
+        assert_eq!(order(&l), want);
+        assert_eq!(l.params.order_units, 24);
+
+        // Causal pairs (units of tiles 2u, 2u + 1): query tiles 2, 0 | 1, 2 | 0, 1 | ... of
+        // each head; sequence 1 is 7 rows long, so its pairs weigh 1 + 2 + ... less.
+        let l = describe_forward(&padded.with_causal(true).plan().unwrap()).unwrap();
+        let o = order(&l);
+        assert_eq!(o.len(), 12);
+        let mut sorted = o.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..12).collect::<Vec<u32>>());
+        assert!(
+            o[..6].iter().all(|&u| u < 6),
+            "sequence 0's pairs first: {o:?}"
+        );
+
+        // Packed: an empty sequence has no tiles in the order.
+        let plan = Problem::packed(&[0, 5, 5, 133], 2, 128)
+            .with_dtype(DType::F16)
+            .plan()
+            .unwrap();
+        let l = describe_forward(&plan).unwrap();
+        // Sequences of 5, 0 and 128 rows: m_tiles 1, tiles (h, b): t = h + 2 b.
+        assert_eq!(order(&l), vec![0, 1, 4, 5]);
+    }
+
+    #[test]
+    fn forward_grid_is_persistent() {
         // 3 x 4 x 2 = 24 tiles (D = 128: 128-row tiles).
         let even = Problem::new(2, 300, 4, 128).with_dtype(DType::BF16);
         let l = describe_forward(&even.clone().plan().unwrap()).unwrap();
+        assert!(l.seq_table.is_none());
         assert_eq!(l.launch_grid(132), (24, 1, 1));
         assert_eq!(l.launch_grid(10), (10, 1, 1));
         // Causal: 12 pairs of tiles.
         let causal = even.clone().with_causal(true).plan().unwrap();
         let l = describe_forward(&causal).unwrap();
+        assert!(l.seq_table.is_none());
         assert_eq!(l.launch_grid(10), (10, 1, 1));
         assert_eq!(l.launch_grid(132), (12, 1, 1));
-        let causal_padded = even
-            .clone()
-            .with_causal(true)
-            .with_lengths(Lengths::padded(&[300, 7]))
-            .plan()
-            .unwrap();
-        let l = describe_forward(&causal_padded).unwrap();
-        assert_eq!(l.launch_grid(10), (12, 1, 1));
-        let padded = even
-            .clone()
-            .with_lengths(Lengths::padded(&[300, 7]))
-            .plan()
-            .unwrap();
-        let l = describe_forward(&padded).unwrap();
-        assert_eq!(l.launch_grid(10), (24, 1, 1));
-        // Padded alike: one description, but the tiles past 200 rows only write zeros.
+        // Padded plans bring a work order, even when every sequence has the same length (the
+        // tiles past 200 rows only write zeros).
         let alike = even
             .with_lengths(Lengths::padded(&[200, 200]))
             .plan()
             .unwrap();
         let l = describe_forward(&alike).unwrap();
-        assert!(l.seq_table.is_none());
-        assert_eq!(l.launch_grid(10), (24, 1, 1));
+        assert_eq!(l.params.order_units, 24);
+        assert_eq!(l.launch_grid(10), (10, 1, 1));
+        assert_eq!(l.launch_grid(132), (24, 1, 1));
     }
 
     #[test]
