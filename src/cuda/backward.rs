@@ -110,7 +110,7 @@ impl CudaBackend {
         }
         let deterministic = self.is_deterministic();
         let seq_ptr = match &l.seq_table {
-            Some(t) => self.seq_table(t)?,
+            Some(t) => self.seq_table(t, || (t.clone(), 0))?.0,
             None => 0,
         };
         // Held until every kernel of this call is enqueued (see `workspace`).

@@ -88,12 +88,11 @@ pub(crate) struct ForwardLaunch {
     pub tiles: TileConfig,
     /// Output tiles: (query tiles, heads, batch elements).
     pub grid: (u32, u32, u32),
-    /// Parameters with `o_ptr` and `seq_ptr` left at 0.
+    /// Parameters with `o_ptr`, `seq_ptr` and `order_units` left at 0 (see [`Self::table`]).
     pub params: FwdParams,
-    /// The per-sequence table followed by the work order (`params.order_units` u32 unit
-    /// indices) when units differ in work; `None` when `params.uniform` describes every
-    /// sequence and every unit has the same work.
-    pub seq_table: Option<Vec<u8>>,
+    /// The sequences when units differ in work (padding, varlen); empty when `params.uniform`
+    /// describes every sequence and every unit has the same work (no table).
+    pub seqs: Vec<SeqInfoRaw>,
     pub q_map: MapShape,
     pub k_map: MapShape,
     pub v_map: MapShape,
@@ -107,15 +106,54 @@ impl ForwardLaunch {
     /// ([`work_order`]), which bounds the difference between any two CTAs' work by one unit.
     /// (H200, before the order: the fixed stride over unsorted units gave the busiest CTA 14%
     /// more than the average at D=64 N=16k with one sequence of 12317 rows.)
-    pub fn launch_grid(&self, sm_count: u32) -> (u32, u32, u32) {
+    /// `order_units`: the length of the work order ([`Self::table`]), 0 without one.
+    pub fn launch_grid(&self, sm_count: u32, order_units: i32) -> (u32, u32, u32) {
         let (m, h, b) = self.grid;
         let tiles = u64::from(m) * u64::from(h) * u64::from(b);
-        let units = if self.params.order_units > 0 {
-            self.params.order_units as u64
+        let units = if order_units > 0 {
+            order_units as u64
         } else {
             tiles.div_ceil(tile_group(self.params.causal != 0) as u64)
         };
         (units.clamp(1, u64::from(sm_count)) as u32, 1, 1)
+    }
+
+    /// What identifies [`Self::table`], cheap enough to build at every call (the order itself
+    /// takes a sort over the units: the backend builds it once per key and keeps it on the
+    /// device): the sequences and what the order depends on besides them. `None`: no table.
+    pub fn table_key(&self) -> Option<Vec<u8>> {
+        if self.seqs.is_empty() {
+            return None;
+        }
+        let p = &self.params;
+        // 21 + 24 n bytes: odd, so never the key of a backward table (32 bytes a sequence).
+        let mut key = Vec::with_capacity(1 + 20 + 24 * self.seqs.len());
+        key.push(b'F');
+        for x in [p.heads, p.m_tiles, p.causal] {
+            key.extend_from_slice(&x.to_le_bytes());
+        }
+        for x in [self.tiles.block_m, self.tiles.block_n] {
+            key.extend_from_slice(&(x as u32).to_le_bytes());
+        }
+        key.extend(self.seqs.iter().flat_map(|r| r.to_bytes()));
+        Some(key)
+    }
+
+    /// The table the kernel reads at `seq_ptr`: the sequences, then the work order (u32 unit
+    /// indices, [`work_order`]); and the number of units in the order (`order_units`).
+    pub fn table(&self) -> (Vec<u8>, i32) {
+        let p = &self.params;
+        let order = work_order(
+            &self.seqs,
+            p.heads as usize,
+            p.m_tiles as usize,
+            &self.tiles,
+            p.causal != 0,
+        );
+        let mut bytes = Vec::with_capacity(24 * self.seqs.len() + 4 * order.len());
+        bytes.extend(self.seqs.iter().flat_map(|r| r.to_bytes()));
+        bytes.extend(order.iter().flat_map(|u| u.to_le_bytes()));
+        (bytes, order.len() as i32)
     }
 }
 
@@ -264,12 +302,7 @@ pub(crate) fn describe_forward(plan: &Plan) -> Result<ForwardLaunch> {
     // Every unit has the same work: one description for every sequence, and no padding rows
     // (their tiles only write zeros).
     let even = is_uniform && uniform.len_q == uniform.rows;
-    let order = (!even).then(|| work_order(&raw, heads, m_tiles, &tiles, plan.causal()));
-    let seq_table = order.as_ref().map(|order| {
-        let seqs = raw.iter().flat_map(|r| r.to_bytes());
-        seqs.chain(order.iter().flat_map(|u| u.to_le_bytes()))
-            .collect()
-    });
+    let seqs = if even { Vec::new() } else { raw };
 
     let params = FwdParams {
         o_ptr: 0,
@@ -285,7 +318,7 @@ pub(crate) fn describe_forward(plan: &Plan) -> Result<ForwardLaunch> {
         uniform,
         map_batch: if packed { 0 } else { 1 },
         m_tiles: to_i32(m_tiles, "query tiles")?,
-        order_units: order.as_ref().map_or(0, |o| o.len() as i32),
+        order_units: 0,
     };
     let batch_extent = if packed { 1 } else { batch };
     let map = |seq_extent, heads, strides| MapShape {
@@ -299,7 +332,7 @@ pub(crate) fn describe_forward(plan: &Plan) -> Result<ForwardLaunch> {
         tiles,
         grid: (m_tiles as u32, heads as u32, batch as u32),
         params,
-        seq_table,
+        seqs,
         q_map: map(plan.seq_q(), heads, st.q),
         k_map: map(plan.seq_k(), kv_heads, st.k),
         v_map: map(plan.seq_k(), kv_heads, st.v),
@@ -651,7 +684,7 @@ mod tests {
             .plan()
             .unwrap();
         let l = describe_forward(&plan).unwrap();
-        assert!(l.seq_table.is_none());
+        assert!(l.table_key().is_none());
         assert_eq!(l.grid, (3, 4, 2));
         assert_eq!(l.params.uniform.rows, 300);
 
@@ -662,8 +695,8 @@ mod tests {
             .unwrap();
         let l = describe_forward(&plan).unwrap();
         // Two sequences, then the work order of 2 x 4 x 2 tiles (192-row tiles).
-        assert_eq!(l.seq_table.as_ref().map(|t| t.len()), Some(48 + 4 * 16));
-        assert_eq!(l.params.order_units, 16);
+        let (table, units) = l.table();
+        assert_eq!((table.len(), units), (48 + 4 * 16, 16));
     }
 
     #[test]
@@ -674,8 +707,9 @@ mod tests {
             .with_lengths(Lengths::padded(&[300, 7]));
         let l = describe_forward(&padded.clone().plan().unwrap()).unwrap();
         let order = |l: &ForwardLaunch| -> Vec<u32> {
-            let t = l.seq_table.as_ref().unwrap();
+            let (t, units) = l.table();
             let words = t[24 * l.grid.2 as usize..].chunks(4);
+            assert_eq!(words.len(), units as usize);
             words
                 .map(|w| u32::from_le_bytes(w.try_into().unwrap()))
                 .collect()
@@ -685,7 +719,6 @@ mod tests {
         let mut want: Vec<u32> = (0..12).collect();
         want.extend([12, 15, 18, 21, 13, 14, 16, 17, 19, 20, 22, 23]);
         assert_eq!(order(&l), want);
-        assert_eq!(l.params.order_units, 24);
 
         // Causal pairs (units of tiles 2u, 2u + 1): query tiles 2, 0 | 1, 2 | 0, 1 | ... of
         // each head; sequence 1 is 7 rows long, so its pairs weigh 1 + 2 + ... less.
@@ -715,25 +748,36 @@ mod tests {
         // 3 x 4 x 2 = 24 tiles (D = 128: 128-row tiles).
         let even = Problem::new(2, 300, 4, 128).with_dtype(DType::BF16);
         let l = describe_forward(&even.clone().plan().unwrap()).unwrap();
-        assert!(l.seq_table.is_none());
-        assert_eq!(l.launch_grid(132), (24, 1, 1));
-        assert_eq!(l.launch_grid(10), (10, 1, 1));
+        assert!(l.table_key().is_none());
+        assert_eq!(l.launch_grid(132, 0), (24, 1, 1));
+        assert_eq!(l.launch_grid(10, 0), (10, 1, 1));
         // Causal: 12 pairs of tiles.
         let causal = even.clone().with_causal(true).plan().unwrap();
         let l = describe_forward(&causal).unwrap();
-        assert!(l.seq_table.is_none());
-        assert_eq!(l.launch_grid(10), (10, 1, 1));
-        assert_eq!(l.launch_grid(132), (12, 1, 1));
+        assert!(l.table_key().is_none());
+        assert_eq!(l.launch_grid(10, 0), (10, 1, 1));
+        assert_eq!(l.launch_grid(132, 0), (12, 1, 1));
         // Padded plans bring a work order, even when every sequence has the same length (the
         // tiles past 200 rows only write zeros).
         let alike = even
+            .clone()
             .with_lengths(Lengths::padded(&[200, 200]))
             .plan()
             .unwrap();
         let l = describe_forward(&alike).unwrap();
-        assert_eq!(l.params.order_units, 24);
-        assert_eq!(l.launch_grid(10), (10, 1, 1));
-        assert_eq!(l.launch_grid(132), (24, 1, 1));
+        let units = l.table().1;
+        assert_eq!(units, 24);
+        assert_eq!(l.launch_grid(10, units), (10, 1, 1));
+        assert_eq!(l.launch_grid(132, units), (24, 1, 1));
+        // The key tells plans apart that differ only in what the order depends on.
+        let causal_alike = even
+            .with_causal(true)
+            .with_lengths(Lengths::padded(&[200, 200]))
+            .plan()
+            .unwrap();
+        let lc = describe_forward(&causal_alike).unwrap();
+        assert_ne!(l.table_key(), lc.table_key());
+        assert_eq!(lc.launch_grid(132, lc.table().1), (12, 1, 1));
     }
 
     #[test]

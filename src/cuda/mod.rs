@@ -64,7 +64,9 @@ use crate::backend::{check_forward, Backend, BackwardArgs, DeviceBuffer};
 use crate::{DType, Error, HostTensor, Plan, Result};
 
 use kernels::{Kernel, Variant};
-use launch::{describe_backward, describe_forward, encode_map, BackwardLaunch, TensorMap};
+use launch::{
+    describe_backward, describe_forward, encode_map, BackwardLaunch, ForwardLaunch, TensorMap,
+};
 
 pub use backward::RawGradTensors;
 use backward::Workspace;
@@ -167,8 +169,8 @@ impl std::fmt::Debug for CudaBackend {
     }
 }
 
-/// A per-sequence table on the device and its address.
-type SeqTable = (CudaSlice<u8>, u64);
+/// A per-sequence table on the device, its address, and the forward's work-order length.
+type SeqTable = (CudaSlice<u8>, u64, i32);
 
 /// Per-sequence tables kept on the device before the cache is flushed.
 const MAX_SEQ_TABLES: usize = 64;
@@ -238,9 +240,7 @@ impl CudaBackend {
     pub fn warm_up(&self, plan: &Plan) -> Result<()> {
         let l = describe_forward(plan)?;
         self.function(l.variant, kernels::FWD_ENTRY)?;
-        if let Some(t) = &l.seq_table {
-            self.seq_table(t)?;
-        }
+        self.forward_table(&l)?;
         Ok(())
     }
 
@@ -296,7 +296,7 @@ impl CudaBackend {
             self.function(l.variant, entry)?;
         }
         if let Some(t) = &l.seq_table {
-            self.seq_table(t)?;
+            self.seq_table(t, || (t.clone(), 0))?;
         }
         let mut ws = self.workspace.lock().map_err(|_| poisoned())?;
         self.workspace_ptrs(&mut ws, &l, !self.is_deterministic(), true)?;
@@ -425,11 +425,12 @@ impl CudaBackend {
         Ok(f)
     }
 
-    /// Device address of the per-sequence table with these bytes (uploaded once).
-    fn seq_table(&self, bytes: &[u8]) -> Result<u64> {
+    /// The device table known by `key` (uploaded once, from what `build` returns: the bytes
+    /// and a count kept beside them), its address and that count.
+    fn seq_table(&self, key: &[u8], build: impl FnOnce() -> (Vec<u8>, i32)) -> Result<(u64, i32)> {
         let mut map = self.seq_tables.lock().map_err(|_| poisoned())?;
-        if let Some((_, ptr)) = map.get(bytes) {
-            return Ok(*ptr);
+        if let Some((_, ptr, count)) = map.get(key) {
+            return Ok((*ptr, *count));
         }
         if map.len() >= MAX_SEQ_TABLES {
             // Kernels may still read old tables: wait for them before freeing.
@@ -438,9 +439,10 @@ impl CudaBackend {
                 .map_err(|e| driver_err("synchronize", e))?;
             map.clear();
         }
+        let (bytes, count) = build();
         let slice = self
             .stream
-            .clone_htod(bytes)
+            .clone_htod(&bytes)
             .map_err(|e| driver_err("uploading the sequence table", e))?;
         let ptr = {
             let (p, _sync) = slice.device_ptr(&self.stream);
@@ -450,8 +452,17 @@ impl CudaBackend {
         self.stream
             .synchronize()
             .map_err(|e| driver_err("synchronize", e))?;
-        map.insert(bytes.to_vec(), (slice, ptr));
-        Ok(ptr)
+        map.insert(key.to_vec(), (slice, ptr, count));
+        Ok((ptr, count))
+    }
+
+    /// The forward's table (sequences and work order) on the device: its address and the
+    /// number of units in the order, or (0, 0) when the plan needs none.
+    fn forward_table(&self, l: &ForwardLaunch) -> Result<(u64, i32)> {
+        match l.table_key() {
+            Some(key) => self.seq_table(&key, || l.table()),
+            None => Ok((0, 0)),
+        }
     }
 
     fn launch_forward(&self, plan: &Plan, ptrs: RawTensors, stream: CUstream) -> Result<()> {
@@ -463,10 +474,7 @@ impl CudaBackend {
             .bind_to_thread()
             .map_err(|e| driver_err("binding the context", e))?;
         let f = self.function(l.variant, kernels::FWD_ENTRY)?;
-        let seq_ptr = match &l.seq_table {
-            Some(t) => self.seq_table(t)?,
-            None => 0,
-        };
+        let (seq_ptr, order_units) = self.forward_table(&l)?;
         let (dt, d) = (plan.dtype(), plan.head_dim());
         let tm_q = encode_map(ptrs.q, dt, d, &l.q_map, l.tiles.block_m)?;
         let tm_k = encode_map(ptrs.k, dt, d, &l.k_map, l.tiles.block_n)?;
@@ -480,6 +488,7 @@ impl CudaBackend {
         let mut params = l.params;
         params.o_ptr = ptrs.o;
         params.seq_ptr = seq_ptr;
+        params.order_units = order_units;
         let mut args: [*mut c_void; 4] = [
             &tm_q as *const _ as *mut c_void,
             &tm_k as *const _ as *mut c_void,
@@ -492,7 +501,7 @@ impl CudaBackend {
         unsafe {
             driver_result::launch_kernel(
                 f.cu_function(),
-                l.launch_grid(self.sm_count),
+                l.launch_grid(self.sm_count, order_units),
                 (l.tiles.threads(), 1, 1),
                 l.tiles.smem_bytes(d),
                 stream,
