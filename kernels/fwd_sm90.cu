@@ -3,12 +3,13 @@
 //   O[i, :] = sum_j P[i, j] V[j, :],  P[i, j] = sigmoid(scale * Q[i] . K[j] + bias_b)
 //   with P = 0 for keys j >= len_k[b] and, when causal, j > i; rows i >= len_q[b] of O are 0.
 //
-// A persistent grid (at most one CTA per SM, ForwardLaunch::launch_grid in src/cuda/launch.rs):
-// CTA c computes the units c, c + gridDim.x, ... of (query tile, head, batch element) tiles
-// (one tile per unit; causal: a pair of a long and a short one), in a work order heaviest first
-// when units differ (for_each_tile), one kBlockM x D tile at a time; the ring positions, barrier
-// phases and turns carry over from one tile to the next, so that the next tile's Q and K/V loads
-// overlap the current tile's last products and O stores.
+// CTA c computes the units c, c + gridDim.x, ... of (query tile, head, batch element) tiles (one
+// tile per unit; causal: a pair of a long and a short one; D = 64 plans whose units differ in
+// work: positions in a work order, heaviest first; for_each_tile), one kBlockM x D tile at a
+// time; the ring positions, barrier phases and turns carry over from one tile to the next, so
+// that the next tile's Q and K/V loads overlap the current tile's last products and O stores.
+// The grid is persistent (one CTA per SM) for even plans and work orders, else one CTA per unit
+// (ForwardLaunch::launch_grid in src/cuda/launch.rs).
 // Warpgroup 0 is the producer: one thread issues TMA loads of the Q tile and of a kStages-deep
 // ring of K/V tiles (128-byte swizzle, completing on mbarriers). Warpgroups 1..kConsumers each own
 // 64 query rows: S = Q K^T by wgmma with both operands in shared memory, P = sigmoid(S) masked in
@@ -107,23 +108,33 @@ __device__ __forceinline__ TileCoord tile_coord(const FwdParams& p, int t) {
     return TileCoord{m, hb % p.heads, hb / p.heads};
 }
 
-/// Calls f(tile, sequence, key range) for this CTA's tiles with rows, in order: units
-/// blockIdx.x, blockIdx.x + gridDim.x, ... of one tile each, or of two when causal (a long and
-/// a short one). Plans whose units differ in work (padding, varlen) bring a work order: the
-/// units heaviest first, so that a fixed stride hands every CTA about the same work (in each
-/// round CTA c gets a unit at least as heavy as CTA c + 1's and no lighter than its own next
-/// one, so any two CTAs' totals differ by at most the heaviest unit). Even plans walk units in
-/// their natural order.
+/// The units blockIdx.x, blockIdx.x + gridDim.x, ... in their natural order (see for_each_tile).
 template <typename F>
-__device__ __forceinline__ void for_each_tile(const FwdParams& p, F&& f) {
+__device__ __forceinline__ void walk_units(const FwdParams& p, F&& f) {
+    const int n_tiles = p.m_tiles * p.heads * p.batch;
+    const int group = p.causal ? 2 : 1;
+    // One induction variable (a nested loop over the unit's tiles spilled at D = 64): after the
+    // last tile of a unit, t jumps to the first of the CTA's next unit.
+    const int jump = (static_cast<int>(gridDim.x) - 1) * group;
+    for (int t = blockIdx.x * group; t < n_tiles; t += (t + 1) % group == 0 ? 1 + jump : 1) {
+        const TileCoord tc = tile_coord(p, t);
+        const SeqInfo seq = load_seq(p, tc.b);
+        if (tc.m_block * kBlockM >= seq.rows) continue;
+        f(tc, seq, kv_tile_range(seq, tc.m_block, p.causal));
+    }
+}
+
+/// The positions blockIdx.x, blockIdx.x + gridDim.x, ... of the work order when the plan has
+/// one (p.order_units > 0), else the units in their natural order (see for_each_tile).
+template <typename F>
+__device__ __forceinline__ void walk_units_or_order(const FwdParams& p, F&& f) {
     const int n_tiles = p.m_tiles * p.heads * p.batch;
     const int shift = p.causal ? 1 : 0;  // tiles per unit: 1 << shift
     const int group = 1 << shift;
     const unsigned* order = reinterpret_cast<const unsigned*>(p.seq_ptr + p.batch * sizeof(SeqInfo));
     const int n_slots = p.order_units ? p.order_units * group : n_tiles;
-    // One induction variable (a nested loop over the unit's tiles spilled at D = 64): slot s is
-    // tile s % group of the unit in position s / group; after the last tile of a unit, s jumps
-    // to the first of the CTA's next unit.
+    // One induction variable, as in walk_units: slot s is tile s % group of the unit in
+    // position s / group; after the last tile of a unit, s jumps to the CTA's next unit.
     const int jump = (static_cast<int>(gridDim.x) - 1) * group;
     for (int s = blockIdx.x * group; s < n_slots; s += ((s + 1) & (group - 1)) == 0 ? 1 + jump : 1) {
         const int t = p.order_units ? (static_cast<int>(order[s >> shift]) << shift) + (s & (group - 1)) : s;
@@ -133,6 +144,22 @@ __device__ __forceinline__ void for_each_tile(const FwdParams& p, F&& f) {
         if (tc.m_block * kBlockM >= seq.rows) continue;
         f(tc, seq, kv_tile_range(seq, tc.m_block, p.causal));
     }
+}
+
+/// Calls f(tile, sequence, key range) for this CTA's tiles with rows: units of one tile each,
+/// or of two when causal (a long and a short one). At D = 64, plans whose units differ in work
+/// (padding, varlen) bring a work order, the units heaviest first, so that a fixed stride hands
+/// every CTA about the same work (in each round CTA c gets a unit at least as heavy as CTA
+/// c + 1's and no lighter than its own next one, so any two CTAs' totals differ by at most the
+/// heaviest unit); the host launches such plans at D = 128 one CTA per unit instead (H200: the
+/// order lookup in the walk cost the D = 128 forward 2-3% on even plans too, and an instance
+/// of each walk spilled at D = 64; walks_work_order in src/cuda/launch.rs).
+template <typename F>
+__device__ __forceinline__ void for_each_tile(const FwdParams& p, F&& f) {
+    if constexpr (kD == 64)
+        walk_units_or_order(p, f);
+    else
+        walk_units(p, f);
 }
 
 /// Where a CTA stands in its barrier phases, carried from one tile to the next: `kv` counts the

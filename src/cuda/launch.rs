@@ -90,22 +90,29 @@ pub(crate) struct ForwardLaunch {
     pub grid: (u32, u32, u32),
     /// Parameters with `o_ptr`, `seq_ptr` and `order_units` left at 0 (see [`Self::table`]).
     pub params: FwdParams,
-    /// The sequences when units differ in work (padding, varlen); empty when `params.uniform`
-    /// describes every sequence and every unit has the same work (no table).
+    /// The sequences when the kernel needs their table (they differ, or a work order follows
+    /// them); empty when `params.uniform` describes every sequence and there is no order.
     pub seqs: Vec<SeqInfoRaw>,
+    /// Every unit of tiles has the same work (one description for every sequence, no padding
+    /// rows): the grid is persistent without a work order.
+    pub even: bool,
+    /// A work order follows the sequences in the table ([`walks_work_order`]).
+    pub ordered: bool,
     pub q_map: MapShape,
     pub k_map: MapShape,
     pub v_map: MapShape,
 }
 
 impl ForwardLaunch {
-    /// The launch grid: at most one CTA per SM (the kernel's shared memory leaves room for
-    /// one), CTA c computing the units c, c + grid, ... of output tiles (one tile, or a pair of
-    /// a long and a short tile when causal), so that a tile's loads overlap the previous
-    /// tile's last products. Plans whose units differ in work list them heaviest first
-    /// ([`work_order`]), which bounds the difference between any two CTAs' work by one unit.
-    /// (H200, before the order: the fixed stride over unsorted units gave the busiest CTA 14%
-    /// more than the average at D=64 N=16k with one sequence of 12317 rows.)
+    /// The launch grid. Persistent (at most one CTA per SM, which the kernel's shared memory
+    /// leaves room for; CTA c computes the units c, c + grid, ... of output tiles: one tile, or
+    /// a pair of a long and a short tile when causal, so that a tile's loads overlap the
+    /// previous tile's last products) when every unit has the same work, or when the plan
+    /// lists its units heaviest first ([`work_order`]: any two CTAs' work then differs by at
+    /// most one unit). Otherwise one CTA per unit, which the hardware hands to whichever SM
+    /// frees first (H200, D=64 N=16k with one sequence of 12317 rows: the fixed stride over
+    /// unsorted units gave the busiest CTA 14% more than the average work: 504 TFLOPS; in one
+    /// later A/B call, one CTA per unit 531-537 and the work order 539-541).
     /// `order_units`: the length of the work order ([`Self::table`]), 0 without one.
     pub fn launch_grid(&self, sm_count: u32, order_units: i32) -> (u32, u32, u32) {
         let (m, h, b) = self.grid;
@@ -115,7 +122,12 @@ impl ForwardLaunch {
         } else {
             tiles.div_ceil(tile_group(self.params.causal != 0) as u64)
         };
-        (units.clamp(1, u64::from(sm_count)) as u32, 1, 1)
+        let ctas = if self.even || order_units > 0 {
+            units.min(u64::from(sm_count))
+        } else {
+            units
+        };
+        (ctas.max(1) as u32, 1, 1)
     }
 
     /// What identifies [`Self::table`], cheap enough to build at every call (the order itself
@@ -128,7 +140,7 @@ impl ForwardLaunch {
         let p = &self.params;
         // 21 + 24 n bytes: odd, so never the key of a backward table (32 bytes a sequence).
         let mut key = Vec::with_capacity(1 + 20 + 24 * self.seqs.len());
-        key.push(b'F');
+        key.push(if self.ordered { b'O' } else { b'F' });
         for x in [p.heads, p.m_tiles, p.causal] {
             key.extend_from_slice(&x.to_le_bytes());
         }
@@ -139,10 +151,15 @@ impl ForwardLaunch {
         Some(key)
     }
 
-    /// The table the kernel reads at `seq_ptr`: the sequences, then the work order (u32 unit
-    /// indices, [`work_order`]); and the number of units in the order (`order_units`).
+    /// The table the kernel reads at `seq_ptr`: the sequences, then the work order if the plan
+    /// has one (u32 unit indices, [`work_order`]); and the number of units in the order
+    /// (`order_units`, 0 without one).
     pub fn table(&self) -> (Vec<u8>, i32) {
         let p = &self.params;
+        let mut bytes: Vec<u8> = self.seqs.iter().flat_map(|r| r.to_bytes()).collect();
+        if !self.ordered {
+            return (bytes, 0);
+        }
         let order = work_order(
             &self.seqs,
             p.heads as usize,
@@ -150,11 +167,18 @@ impl ForwardLaunch {
             &self.tiles,
             p.causal != 0,
         );
-        let mut bytes = Vec::with_capacity(24 * self.seqs.len() + 4 * order.len());
-        bytes.extend(self.seqs.iter().flat_map(|r| r.to_bytes()));
         bytes.extend(order.iter().flat_map(|u| u.to_le_bytes()));
         (bytes, order.len() as i32)
     }
+}
+
+/// Whether the forward kernel of head dim `d` walks a work order when the plan's units differ
+/// in work (fwd_sm90.cu, for_each_tile): the D = 64 kernel does (H200, padded 25%: N=1k 334
+/// -> 360 TFLOPS, 4k 484 -> 493-499, 16k 534 -> 539-541, against one CTA per unit); the
+/// D = 128 kernel walks units in their natural order (the order lookup cost its even plans
+/// 2-3%), so its uneven plans launch one CTA per unit.
+fn walks_work_order(d: usize) -> bool {
+    d == 64
 }
 
 /// Tiles per unit of the forward's tile walk: causal tiles go in pairs of a long and a short one
@@ -302,7 +326,12 @@ pub(crate) fn describe_forward(plan: &Plan) -> Result<ForwardLaunch> {
     // Every unit has the same work: one description for every sequence, and no padding rows
     // (their tiles only write zeros).
     let even = is_uniform && uniform.len_q == uniform.rows;
-    let seqs = if even { Vec::new() } else { raw };
+    let ordered = !even && walks_work_order(d);
+    let seqs = if is_uniform && !ordered {
+        Vec::new()
+    } else {
+        raw
+    };
 
     let params = FwdParams {
         o_ptr: 0,
@@ -333,6 +362,8 @@ pub(crate) fn describe_forward(plan: &Plan) -> Result<ForwardLaunch> {
         grid: (m_tiles as u32, heads as u32, batch as u32),
         params,
         seqs,
+        even,
+        ordered,
         q_map: map(plan.seq_q(), heads, st.q),
         k_map: map(plan.seq_k(), kv_heads, st.k),
         v_map: map(plan.seq_k(), kv_heads, st.v),
@@ -701,8 +732,8 @@ mod tests {
 
     #[test]
     fn work_order_lists_units_heaviest_first() {
-        // D = 128: 128 x 128 tiles, 3 query tiles per (head, sequence), tile t = m + 3 (h + 4 b).
-        let padded = Problem::new(2, 300, 4, 128)
+        // D = 64: 192 x 128 tiles, 2 query tiles per (head, sequence), tile t = m + 2 (h + 4 b).
+        let padded = Problem::new(2, 300, 4, 64)
             .with_dtype(DType::BF16)
             .with_lengths(Lengths::padded(&[300, 7]));
         let l = describe_forward(&padded.clone().plan().unwrap()).unwrap();
@@ -715,37 +746,41 @@ mod tests {
                 .collect()
         };
         // Sequence 0: 3 key tiles per query tile (work 4); sequence 1 (7 rows): its first query
-        // tile sees 1 key tile (work 2), the other two only write zeros (work 1).
-        let mut want: Vec<u32> = (0..12).collect();
-        want.extend([12, 15, 18, 21, 13, 14, 16, 17, 19, 20, 22, 23]);
+        // tile sees 1 key tile (work 2), the second only writes zeros (work 1).
+        let mut want: Vec<u32> = (0..8).collect();
+        want.extend([8, 10, 12, 14, 9, 11, 13, 15]);
         assert_eq!(order(&l), want);
 
-        // Causal pairs (units of tiles 2u, 2u + 1): query tiles 2, 0 | 1, 2 | 0, 1 | ... of
-        // each head; sequence 1 is 7 rows long, so its pairs weigh 1 + 2 + ... less.
+        // Causal pairs (units of tiles 2u, 2u + 1): sequence 1 is 7 rows long, so its pairs
+        // (units 4..8) weigh less than sequence 0's.
         let l = describe_forward(&padded.with_causal(true).plan().unwrap()).unwrap();
-        let o = order(&l);
-        assert_eq!(o.len(), 12);
-        let mut sorted = o.clone();
-        sorted.sort_unstable();
-        assert_eq!(sorted, (0..12).collect::<Vec<u32>>());
-        assert!(
-            o[..6].iter().all(|&u| u < 6),
-            "sequence 0's pairs first: {o:?}"
-        );
+        assert_eq!(order(&l), vec![0, 1, 2, 3, 4, 5, 6, 7]);
 
         // Packed: an empty sequence has no tiles in the order.
-        let plan = Problem::packed(&[0, 5, 5, 133], 2, 128)
+        let plan = Problem::packed(&[0, 5, 5, 133], 2, 64)
             .with_dtype(DType::F16)
             .plan()
             .unwrap();
         let l = describe_forward(&plan).unwrap();
         // Sequences of 5, 0 and 128 rows: m_tiles 1, tiles (h, b): t = h + 2 b.
         assert_eq!(order(&l), vec![0, 1, 4, 5]);
+
+        // D = 128 walks units in their natural order: the table holds the sequences only.
+        let plan = Problem::new(2, 300, 4, 128)
+            .with_dtype(DType::BF16)
+            .with_lengths(Lengths::padded(&[300, 7]))
+            .plan()
+            .unwrap();
+        let l = describe_forward(&plan).unwrap();
+        assert_eq!(
+            l.table(),
+            ([l.seqs[0].to_bytes(), l.seqs[1].to_bytes()].concat(), 0)
+        );
     }
 
     #[test]
-    fn forward_grid_is_persistent() {
-        // 3 x 4 x 2 = 24 tiles (D = 128: 128-row tiles).
+    fn forward_grid_policy() {
+        // D = 128, 3 x 4 x 2 = 24 tiles of 128 rows.
         let even = Problem::new(2, 300, 4, 128).with_dtype(DType::BF16);
         let l = describe_forward(&even.clone().plan().unwrap()).unwrap();
         assert!(l.table_key().is_none());
@@ -757,27 +792,33 @@ mod tests {
         assert!(l.table_key().is_none());
         assert_eq!(l.launch_grid(10, 0), (10, 1, 1));
         assert_eq!(l.launch_grid(132, 0), (12, 1, 1));
-        // Padded plans bring a work order, even when every sequence has the same length (the
-        // tiles past 200 rows only write zeros).
-        let alike = even
-            .clone()
-            .with_lengths(Lengths::padded(&[200, 200]))
-            .plan()
-            .unwrap();
-        let l = describe_forward(&alike).unwrap();
+        // Padded at D = 128: one CTA per unit (causal: per pair), even when every sequence
+        // has the same length (the tiles past 200 rows only write zeros).
+        let padded = even.clone().with_lengths(Lengths::padded(&[300, 7]));
+        let l = describe_forward(&padded.clone().plan().unwrap()).unwrap();
+        assert_eq!(l.table().1, 0);
+        assert_eq!(l.launch_grid(10, 0), (24, 1, 1));
+        let l = describe_forward(&padded.with_causal(true).plan().unwrap()).unwrap();
+        assert_eq!(l.launch_grid(10, 0), (12, 1, 1));
+        let alike = even.with_lengths(Lengths::padded(&[200, 200]));
+        let l = describe_forward(&alike.plan().unwrap()).unwrap();
+        assert!(l.table_key().is_none());
+        assert_eq!(l.launch_grid(10, 0), (24, 1, 1));
+
+        // D = 64 (2 x 4 x 2 = 16 tiles of 192 rows): padded plans walk a work order on the
+        // persistent grid, alike lengths included.
+        let alike = Problem::new(2, 300, 4, 64)
+            .with_dtype(DType::BF16)
+            .with_lengths(Lengths::padded(&[200, 200]));
+        let l = describe_forward(&alike.clone().plan().unwrap()).unwrap();
         let units = l.table().1;
-        assert_eq!(units, 24);
+        assert_eq!(units, 16);
         assert_eq!(l.launch_grid(10, units), (10, 1, 1));
-        assert_eq!(l.launch_grid(132, units), (24, 1, 1));
+        assert_eq!(l.launch_grid(132, units), (16, 1, 1));
         // The key tells plans apart that differ only in what the order depends on.
-        let causal_alike = even
-            .with_causal(true)
-            .with_lengths(Lengths::padded(&[200, 200]))
-            .plan()
-            .unwrap();
-        let lc = describe_forward(&causal_alike).unwrap();
+        let lc = describe_forward(&alike.with_causal(true).plan().unwrap()).unwrap();
         assert_ne!(l.table_key(), lc.table_key());
-        assert_eq!(lc.launch_grid(132, lc.table().1), (12, 1, 1));
+        assert_eq!(lc.launch_grid(132, lc.table().1), (8, 1, 1));
     }
 
     #[test]
