@@ -223,6 +223,22 @@ pub fn cases() -> Vec<Case> {
             true,
         ),
         case("many tiles d64", p(1, 777, 1, 64), false),
+        // The Hopper D=64 forward walks padded plans in a work order: an odd tile count (the
+        // last causal pair has one tile) and more pairs than an H200 has SMs (the stride).
+        case(
+            "causal padded d64, odd tile count",
+            p(3, 400, 1, 64)
+                .with_causal(true)
+                .with_lengths(Lengths::padded(&[400, 250, 9])),
+            true,
+        ),
+        case(
+            "causal padded d64, many units",
+            p(6, 200, 24, 64)
+                .with_causal(true)
+                .with_lengths(Lengths::padded(&[200, 7, 150, 0, 199, 64])),
+            false,
+        ),
         case("many tiles d128", p(1, 515, 2, 128), true),
     ];
     if std::env::var("SIGMOID_ATTN_LARGE").is_ok() {
