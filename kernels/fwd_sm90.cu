@@ -165,6 +165,7 @@ __device__ __forceinline__ void for_each_tile(const FwdParams& p, F&& f) {
 /// Where a CTA stands in its barrier phases, carried from one tile to the next: `kv` counts the
 /// K/V tiles streamed so far (ring slot kv % kStages, phase (kv / kStages) & 1), `q` the tiles
 /// with work (Q buffer q % 2, phase (q / 2) & 1 of its q_full and q_empty).
+static_assert(Shape::kQBuffers == 2, "RingPos::q picks Q buffer q & 1, phase (q >> 1) & 1");
 struct RingPos {
     int kv = 0;
     int q = 0;
@@ -180,14 +181,17 @@ struct Smem {
         v = k + kStages * Shape::kKVBytes;
         bars = v + kStages * Shape::kKVBytes;
     }
+    // Barriers: q_full per Q buffer, then k_full, v_full, k_empty, v_empty per stage, then
+    // q_empty per Q buffer.
+    static constexpr int kQB = Shape::kQBuffers;
     __device__ __forceinline__ u32 q_tile(int i) const { return q + i * Shape::kQBytes; }
     __device__ __forceinline__ u32 q_full(int i) const { return bars + 8 * i; }
-    __device__ __forceinline__ u32 k_full(int s) const { return bars + 8 * (2 + s); }
-    __device__ __forceinline__ u32 v_full(int s) const { return bars + 8 * (2 + kStages + s); }
-    __device__ __forceinline__ u32 k_empty(int s) const { return bars + 8 * (2 + 2 * kStages + s); }
-    __device__ __forceinline__ u32 v_empty(int s) const { return bars + 8 * (2 + 3 * kStages + s); }
+    __device__ __forceinline__ u32 k_full(int s) const { return bars + 8 * (kQB + s); }
+    __device__ __forceinline__ u32 v_full(int s) const { return bars + 8 * (kQB + kStages + s); }
+    __device__ __forceinline__ u32 k_empty(int s) const { return bars + 8 * (kQB + 2 * kStages + s); }
+    __device__ __forceinline__ u32 v_empty(int s) const { return bars + 8 * (kQB + 3 * kStages + s); }
     /// Q buffer i may be overwritten: every consumer warp has its tile's last S product.
-    __device__ __forceinline__ u32 q_empty(int i) const { return bars + 8 * (2 + 4 * kStages + i); }
+    __device__ __forceinline__ u32 q_empty(int i) const { return bars + 8 * (kQB + 4 * kStages + i); }
     __device__ __forceinline__ u32 k_tile(int s) const { return k + s * Shape::kKVBytes; }
     __device__ __forceinline__ u32 v_tile(int s) const { return v + s * Shape::kKVBytes; }
 };
