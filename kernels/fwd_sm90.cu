@@ -108,6 +108,15 @@ __device__ __forceinline__ TileCoord tile_coord(const FwdParams& p, int t) {
     return TileCoord{m, hb % p.heads, hb / p.heads};
 }
 
+/// Calls f(tile, sequence, key range) for tile t if it has rows (both walks below).
+template <typename F>
+__device__ __forceinline__ void visit_tile(const FwdParams& p, int t, F&& f) {
+    const TileCoord tc = tile_coord(p, t);
+    const SeqInfo seq = load_seq(p, tc.b);
+    if (tc.m_block * kBlockM >= seq.rows) return;
+    f(tc, seq, kv_tile_range(seq, tc.m_block, p.causal));
+}
+
 /// The units blockIdx.x, blockIdx.x + gridDim.x, ... in their natural order (see for_each_tile).
 template <typename F>
 __device__ __forceinline__ void walk_units(const FwdParams& p, F&& f) {
@@ -117,10 +126,7 @@ __device__ __forceinline__ void walk_units(const FwdParams& p, F&& f) {
     // last tile of a unit, t jumps to the first of the CTA's next unit.
     const int jump = (static_cast<int>(gridDim.x) - 1) * group;
     for (int t = blockIdx.x * group; t < n_tiles; t += (t + 1) % group == 0 ? 1 + jump : 1) {
-        const TileCoord tc = tile_coord(p, t);
-        const SeqInfo seq = load_seq(p, tc.b);
-        if (tc.m_block * kBlockM >= seq.rows) continue;
-        f(tc, seq, kv_tile_range(seq, tc.m_block, p.causal));
+        visit_tile(p, t, f);
     }
 }
 
@@ -139,10 +145,7 @@ __device__ __forceinline__ void walk_units_or_order(const FwdParams& p, F&& f) {
     for (int s = blockIdx.x * group; s < n_slots; s += ((s + 1) & (group - 1)) == 0 ? 1 + jump : 1) {
         const int t = p.order_units ? (static_cast<int>(order[s >> shift]) << shift) + (s & (group - 1)) : s;
         if (t >= n_tiles) continue;  // the second tile of an odd count's last pair
-        const TileCoord tc = tile_coord(p, t);
-        const SeqInfo seq = load_seq(p, tc.b);
-        if (tc.m_block * kBlockM >= seq.rows) continue;
-        f(tc, seq, kv_tile_range(seq, tc.m_block, p.causal));
+        visit_tile(p, t, f);
     }
 }
 

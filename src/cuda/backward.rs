@@ -109,10 +109,7 @@ impl CudaBackend {
             }
         }
         let deterministic = self.is_deterministic();
-        let seq_ptr = match &l.seq_table {
-            Some(t) => self.seq_table(t, || (t.clone(), 0))?.0,
-            None => 0,
-        };
+        let seq_ptr = self.backward_table(l)?;
         // Held until every kernel of this call is enqueued (see `workspace`).
         let mut ws = self.workspace.lock().map_err(|_| poisoned())?;
         let (accum_ptr, partial_ptr) = self.workspace_ptrs(&mut ws, l, !deterministic, may_grow)?;

@@ -96,8 +96,6 @@ pub(crate) struct ForwardLaunch {
     /// Every unit of tiles has the same work (one description for every sequence, no padding
     /// rows): the grid is persistent without a work order.
     pub even: bool,
-    /// A work order follows the sequences in the table ([`walks_work_order`]).
-    pub ordered: bool,
     pub q_map: MapShape,
     pub k_map: MapShape,
     pub v_map: MapShape,
@@ -130,6 +128,12 @@ impl ForwardLaunch {
         (ctas.max(1) as u32, 1, 1)
     }
 
+    /// A work order follows the sequences in the table: units differ in work and the kernel
+    /// of this head dim walks an order ([`walks_work_order`]).
+    pub fn ordered(&self) -> bool {
+        !self.even && walks_work_order(self.variant.head_dim)
+    }
+
     /// What identifies [`Self::table`], cheap enough to build at every call (the order itself
     /// takes a sort over the units: the backend builds it once per key and keeps it on the
     /// device): the sequences and what the order depends on besides them. `None`: no table.
@@ -140,7 +144,7 @@ impl ForwardLaunch {
         let p = &self.params;
         // 21 + 24 n bytes: odd, so never the key of a backward table (32 bytes a sequence).
         let mut key = Vec::with_capacity(1 + 20 + 24 * self.seqs.len());
-        key.push(if self.ordered { b'O' } else { b'F' });
+        key.push(if self.ordered() { b'O' } else { b'F' });
         for x in [p.heads, p.m_tiles, p.causal] {
             key.extend_from_slice(&x.to_le_bytes());
         }
@@ -157,7 +161,7 @@ impl ForwardLaunch {
     pub fn table(&self) -> (Vec<u8>, i32) {
         let p = &self.params;
         let mut bytes: Vec<u8> = self.seqs.iter().flat_map(|r| r.to_bytes()).collect();
-        if !self.ordered {
+        if !self.ordered() {
             return (bytes, 0);
         }
         let order = work_order(
@@ -363,7 +367,6 @@ pub(crate) fn describe_forward(plan: &Plan) -> Result<ForwardLaunch> {
         params,
         seqs,
         even,
-        ordered,
         q_map: map(plan.seq_q(), heads, st.q),
         k_map: map(plan.seq_k(), kv_heads, st.k),
         v_map: map(plan.seq_k(), kv_heads, st.v),

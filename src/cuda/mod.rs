@@ -295,9 +295,7 @@ impl CudaBackend {
         ] {
             self.function(l.variant, entry)?;
         }
-        if let Some(t) = &l.seq_table {
-            self.seq_table(t, || (t.clone(), 0))?;
-        }
+        self.backward_table(&l)?;
         let mut ws = self.workspace.lock().map_err(|_| poisoned())?;
         self.workspace_ptrs(&mut ws, &l, !self.is_deterministic(), true)?;
         Ok(())
@@ -462,6 +460,15 @@ impl CudaBackend {
         match l.table_key() {
             Some(key) => self.seq_table(&key, || l.table()),
             None => Ok((0, 0)),
+        }
+    }
+
+    /// The backward's per-sequence table on the device (its bytes are its key), or 0 when the
+    /// plan needs none.
+    fn backward_table(&self, l: &BackwardLaunch) -> Result<u64> {
+        match &l.seq_table {
+            Some(t) => Ok(self.seq_table(t, || (t.clone(), 0))?.0),
+            None => Ok(0),
         }
     }
 
