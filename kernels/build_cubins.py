@@ -40,7 +40,7 @@ PINNED_NVRTC = (13, 5)
 KERNELS = {"fwd": "fwd_sm90.cu", "bwd": "bwd_sm90.cu"}
 # Entry points of each kernel's cubin (the backward cubin holds four).
 ENTRIES = {
-    "fwd": ["sigmoid_attn_fwd"],
+    "fwd": ["sigmoid_attn_fwd", "sigmoid_attn_fwd_ordered"],
     "bwd": ["sigmoid_attn_bwd_dkdv", "sigmoid_attn_bwd_dq", "sigmoid_attn_bwd_dq_convert",
             "sigmoid_attn_bwd_dbias"],
 }
@@ -53,7 +53,7 @@ BASE_OPTIONS = ["--gpu-architecture=sm_90a", "-std=c++17", "--ptxas-options=-v",
 BAD_PATTERNS = [r"C751\d", r"C7508", r"[Ss]erializ", r"Potential Performance Loss"]
 
 # Entries whose SASS must contain wgmma (HGMMA): the ones that compute the attention products.
-TENSOR_ENTRIES = {"sigmoid_attn_fwd", "sigmoid_attn_bwd_dkdv", "sigmoid_attn_bwd_dq"}
+TENSOR_ENTRIES = {"sigmoid_attn_fwd", "sigmoid_attn_fwd_ordered", "sigmoid_attn_bwd_dkdv", "sigmoid_attn_bwd_dq"}
 
 INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 

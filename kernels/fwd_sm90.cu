@@ -4,11 +4,11 @@
 //   with P = 0 for keys j >= len_k[b] and, when causal, j > i; rows i >= len_q[b] of O are 0.
 //
 // CTA c computes the units c, c + gridDim.x, ... of (query tile, head, batch element) tiles (one
-// tile per unit; causal: a pair of a long and a short one; D = 64 plans whose units differ in
-// work: positions in a work order, heaviest first; for_each_tile), one kBlockM x D tile at a
-// time; the ring positions, barrier phases and turns carry over from one tile to the next, so
-// that the next tile's Q and K/V loads overlap the current tile's last products and O stores.
-// The grid is persistent (one CTA per SM) for even plans and work orders, else one CTA per unit
+// tile per unit; causal: a pair of a long and a short one; plans whose units differ in work:
+// positions in a work order, heaviest first, through the entry sigmoid_attn_fwd_ordered;
+// for_each_tile), one kBlockM x D tile at a time; the ring positions, barrier phases and turns
+// carry over from one tile to the next, so that the next tile's Q and K/V loads overlap the
+// current tile's last products and O stores. The grid is persistent: at most one CTA per SM
 // (ForwardLaunch::launch_grid in src/cuda/launch.rs).
 // Warpgroup 0 is the producer: one thread issues TMA loads of the Q tile and of a kStages-deep
 // ring of K/V tiles (128-byte swizzle, completing on mbarriers). Warpgroups 1..kConsumers each own
@@ -130,10 +130,12 @@ __device__ __forceinline__ void walk_units(const FwdParams& p, F&& f) {
     }
 }
 
-/// The positions blockIdx.x, blockIdx.x + gridDim.x, ... of the work order when the plan has
-/// one (p.order_units > 0), else the units in their natural order (see for_each_tile).
+/// The positions blockIdx.x, blockIdx.x + gridDim.x, ... of the plan's work order: p.order_units
+/// unit indices, heaviest first, after the sequence table at seq_ptr (without one, the units in
+/// their natural order; written that way, not as the order alone, because that form spilled 40
+/// bytes at D = 64 where this one does not).
 template <typename F>
-__device__ __forceinline__ void walk_units_or_order(const FwdParams& p, F&& f) {
+__device__ __forceinline__ void walk_order(const FwdParams& p, F&& f) {
     const int n_tiles = p.m_tiles * p.heads * p.batch;
     const int shift = p.causal ? 1 : 0;  // tiles per unit: 1 << shift
     const int group = 1 << shift;
@@ -150,17 +152,17 @@ __device__ __forceinline__ void walk_units_or_order(const FwdParams& p, F&& f) {
 }
 
 /// Calls f(tile, sequence, key range) for this CTA's tiles with rows: units of one tile each,
-/// or of two when causal (a long and a short one). At D = 64, plans whose units differ in work
-/// (padding, varlen) bring a work order, the units heaviest first, so that a fixed stride hands
-/// every CTA about the same work (in each round CTA c gets a unit at least as heavy as CTA
-/// c + 1's and no lighter than its own next one, so any two CTAs' totals differ by at most the
-/// heaviest unit); the host launches such plans at D = 128 one CTA per unit instead (H200: the
-/// order lookup in the walk cost the D = 128 forward 2-3% on even plans too, and an instance
-/// of each walk spilled at D = 64; walks_work_order in src/cuda/launch.rs).
-template <typename F>
+/// or of two when causal (a long and a short one). Plans whose units differ in work (padding,
+/// varlen) launch the kOrdered entry with a work order, the units heaviest first, so that a
+/// fixed stride hands every CTA about the same work (in each round CTA c gets a unit at least
+/// as heavy as CTA c + 1's and no lighter than its own next one, so any two CTAs' totals
+/// differ by at most the heaviest unit); even plans walk units in their natural order. Two
+/// entries, not one walk that reads an order when there is one: at D = 128 that walk cost even
+/// plans 2-3% (H200), and an instance of both walks in one kernel spilled at D = 64.
+template <bool kOrdered, typename F>
 __device__ __forceinline__ void for_each_tile(const FwdParams& p, F&& f) {
-    if constexpr (kD == 64)
-        walk_units_or_order(p, f);
+    if constexpr (kOrdered)
+        walk_order(p, f);
     else
         walk_units(p, f);
 }
@@ -430,12 +432,10 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem& sm, cons
 
 using namespace sa;
 
-/// Grid: (CTAs, 1, 1), at most one per unit of for_each_tile (FwdParams::m_tiles x heads x
-/// batch tiles, in pairs when causal).
-/// Block: Shape::kThreads. Dynamic shared memory: Shape::kSmemBytes.
-extern "C" __global__ void __launch_bounds__(Shape::kThreads, 1)
-    sigmoid_attn_fwd(const __grid_constant__ TensorMap tm_q, const __grid_constant__ TensorMap tm_k,
-                     const __grid_constant__ TensorMap tm_v, const __grid_constant__ FwdParams p) {
+/// One CTA of either entry below (for_each_tile<kOrdered>).
+template <bool kOrdered>
+__device__ __forceinline__ void forward_cta(const TensorMap& tm_q, const TensorMap& tm_k, const TensorMap& tm_v,
+                                            const FwdParams& p) {
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const Smem sm((smem_addr(smem_raw) + 1023u) & ~1023u);
 
@@ -464,7 +464,7 @@ extern "C" __global__ void __launch_bounds__(Shape::kThreads, 1)
         tma_prefetch_desc(&tm_q);
         tma_prefetch_desc(&tm_k);
         tma_prefetch_desc(&tm_v);
-        for_each_tile(p, [&](TileCoord tc, const SeqInfo& seq, TileRange tr) {
+        for_each_tile<kOrdered>(p, [&](TileCoord tc, const SeqInfo& seq, TileRange tr) {
             if (tr.has_work) produce(tm_q, tm_k, tm_v, p, sm, seq, tr, tc, pos);
         });
         return;
@@ -475,6 +475,24 @@ extern "C" __global__ void __launch_bounds__(Shape::kThreads, 1)
     // warpgroup, and warpgroup 0 takes the hand-over left after the CTA's last turn, so that
     // every named-barrier phase completes.
     if (cw == Shape::kConsumers - 1) named_barrier_arrive(1, 128 * 2);
-    for_each_tile(p, [&](TileCoord tc, const SeqInfo& seq, TileRange tr) { consume(p, sm, seq, tr, tc, cw, pos); });
+    for_each_tile<kOrdered>(p, [&](TileCoord tc, const SeqInfo& seq, TileRange tr) { consume(p, sm, seq, tr, tc, cw, pos); });
     if (cw == 0) named_barrier_sync(1, 128 * 2);
+}
+
+/// Grid: (CTAs, 1, 1), at most one per SM (src/cuda/launch.rs, ForwardLaunch::launch_grid).
+/// Block: Shape::kThreads. Dynamic shared memory: Shape::kSmemBytes.
+/// Plans whose units all have the same work: units c, c + gridDim.x, ... in their natural order
+/// (FwdParams::m_tiles x heads x batch tiles, in pairs when causal).
+extern "C" __global__ void __launch_bounds__(Shape::kThreads, 1)
+    sigmoid_attn_fwd(const __grid_constant__ TensorMap tm_q, const __grid_constant__ TensorMap tm_k,
+                     const __grid_constant__ TensorMap tm_v, const __grid_constant__ FwdParams p) {
+    forward_cta<false>(tm_q, tm_k, tm_v, p);
+}
+
+/// The same for plans with a work order (FwdParams::order_units > 0): positions c, c + gridDim.x,
+/// ... of the order.
+extern "C" __global__ void __launch_bounds__(Shape::kThreads, 1)
+    sigmoid_attn_fwd_ordered(const __grid_constant__ TensorMap tm_q, const __grid_constant__ TensorMap tm_k,
+                             const __grid_constant__ TensorMap tm_v, const __grid_constant__ FwdParams p) {
+    forward_cta<true>(tm_q, tm_k, tm_v, p);
 }

@@ -6,7 +6,7 @@ use crate::{DType, SigmoidMode};
 /// Which kernel source a variant is built from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Kernel {
-    /// `kernels/fwd_sm90.cu` (entry `sigmoid_attn_fwd`).
+    /// `kernels/fwd_sm90.cu` (entries `FWD_ENTRY`, `FWD_ORDERED_ENTRY`).
     Forward,
     /// `kernels/bwd_sm90.cu` (entries `BWD_DKDV`, `BWD_DQ`, `BWD_DQ_CONVERT`, `BWD_DBIAS`).
     Backward,
@@ -28,8 +28,10 @@ pub(crate) struct Variant {
 /// File of the forward kernel (also the NVRTC program name).
 pub(crate) const FWD_SOURCE: &str = "fwd_sm90.cu";
 
-/// Name of the kernel entry point in every forward variant.
+/// Forward entry for plans whose units all have the same work: units in their natural order.
 pub(crate) const FWD_ENTRY: &str = "sigmoid_attn_fwd";
+/// Forward entry for plans with a work order (padding, varlen): units heaviest first.
+pub(crate) const FWD_ORDERED_ENTRY: &str = "sigmoid_attn_fwd_ordered";
 
 /// File of the backward kernels (also the NVRTC program name).
 pub(crate) const BWD_SOURCE: &str = "bwd_sm90.cu";
@@ -301,7 +303,9 @@ mod tests {
         assert!(!src.contains("#include \""));
         assert!(!src.contains("#pragma once"));
         assert_eq!(src.matches("struct FwdParams {").count(), 1);
-        assert!(src.contains("sigmoid_attn_fwd"));
+        for entry in [FWD_ENTRY, FWD_ORDERED_ENTRY] {
+            assert!(src.contains(entry), "{entry}");
+        }
     }
 
     /// The integer constant `name` of the specialisation `strukt<d>` in config.cuh.

@@ -6,7 +6,7 @@ use std::mem::MaybeUninit;
 
 use cudarc::driver::sys;
 
-use super::kernels::{BwdTiles, Kernel, TileConfig, Variant};
+use super::kernels::{BwdTiles, Kernel, TileConfig, Variant, FWD_ENTRY, FWD_ORDERED_ENTRY};
 use crate::{DType, Error, Plan, Result, Strides};
 
 const BACKEND: &str = "cuda";
@@ -102,36 +102,40 @@ pub(crate) struct ForwardLaunch {
 }
 
 impl ForwardLaunch {
-    /// The launch grid. Persistent (at most one CTA per SM, which the kernel's shared memory
+    /// The launch grid: persistent, at most one CTA per SM (which the kernel's shared memory
     /// leaves room for; CTA c computes the units c, c + grid, ... of output tiles: one tile, or
     /// a pair of a long and a short tile when causal, so that a tile's loads overlap the
-    /// previous tile's last products) when every unit has the same work, or when the plan
-    /// lists its units heaviest first ([`work_order`]: any two CTAs' work then differs by at
-    /// most one unit). Otherwise one CTA per unit, which the hardware hands to whichever SM
-    /// frees first (H200, D=64 N=16k with one sequence of 12317 rows: the fixed stride over
-    /// unsorted units gave the busiest CTA 14% more than the average work: 504 TFLOPS; in one
-    /// later A/B call, one CTA per unit 531-537 and the work order 539-541).
+    /// previous tile's last products). Units either all have the same work or the plan lists
+    /// them heaviest first ([`work_order`]), so any two CTAs' work differs by at most one unit
+    /// (H200, D=64 N=16k with one sequence of 12317 rows: the fixed stride over unsorted units
+    /// gave the busiest CTA 14% more than the average work: 504 TFLOPS; one CTA per unit
+    /// 531-537, the work order 539-541).
     /// `order_units`: the length of the work order ([`Self::table`]), 0 without one.
     pub fn launch_grid(&self, sm_count: u32, order_units: i32) -> (u32, u32, u32) {
         let (m, h, b) = self.grid;
         let tiles = u64::from(m) * u64::from(h) * u64::from(b);
-        let units = if order_units > 0 {
-            order_units as u64
+        let units = if self.ordered() {
+            order_units.max(0) as u64
         } else {
             tiles.div_ceil(tile_group(self.params.causal != 0) as u64)
         };
-        let ctas = if self.even || order_units > 0 {
-            units.min(u64::from(sm_count))
-        } else {
-            units
-        };
-        (ctas.max(1) as u32, 1, 1)
+        (units.min(u64::from(sm_count)).max(1) as u32, 1, 1)
     }
 
-    /// A work order follows the sequences in the table: units differ in work and the kernel
-    /// of this head dim walks an order ([`walks_work_order`]).
+    /// Units differ in work, so the plan brings a work order (after the sequences in the
+    /// table) and launches the entry that walks it.
     pub fn ordered(&self) -> bool {
-        !self.even && walks_work_order(self.variant.head_dim)
+        !self.even
+    }
+
+    /// The kernel entry for this plan: [`FWD_ORDERED_ENTRY`] walks the work order,
+    /// [`FWD_ENTRY`] the units in their natural order (fwd_sm90.cu, for_each_tile).
+    pub fn entry(&self) -> &'static str {
+        if self.ordered() {
+            FWD_ORDERED_ENTRY
+        } else {
+            FWD_ENTRY
+        }
     }
 
     /// What identifies [`Self::table`], cheap enough to build at every call (the order itself
@@ -174,15 +178,6 @@ impl ForwardLaunch {
         bytes.extend(order.iter().flat_map(|u| u.to_le_bytes()));
         (bytes, order.len() as i32)
     }
-}
-
-/// Whether the forward kernel of head dim `d` walks a work order when the plan's units differ
-/// in work (fwd_sm90.cu, for_each_tile): the D = 64 kernel does (H200, padded 25%: N=1k 334
-/// -> 360 TFLOPS, 4k 484 -> 493-499, 16k 534 -> 539-541, against one CTA per unit); the
-/// D = 128 kernel walks units in their natural order (the order lookup cost its even plans
-/// 2-3%), so its uneven plans launch one CTA per unit.
-fn walks_work_order(d: usize) -> bool {
-    d == 64
 }
 
 /// Tiles per unit of the forward's tile walk: causal tiles go in pairs of a long and a short one
@@ -330,12 +325,7 @@ pub(crate) fn describe_forward(plan: &Plan) -> Result<ForwardLaunch> {
     // Every unit has the same work: one description for every sequence, and no padding rows
     // (their tiles only write zeros).
     let even = is_uniform && uniform.len_q == uniform.rows;
-    let ordered = !even && walks_work_order(d);
-    let seqs = if is_uniform && !ordered {
-        Vec::new()
-    } else {
-        raw
-    };
+    let seqs = if even { Vec::new() } else { raw };
 
     let params = FwdParams {
         o_ptr: 0,
@@ -768,17 +758,17 @@ mod tests {
         // Sequences of 5, 0 and 128 rows: m_tiles 1, tiles (h, b): t = h + 2 b.
         assert_eq!(order(&l), vec![0, 1, 4, 5]);
 
-        // D = 128 walks units in their natural order: the table holds the sequences only.
+        // D = 128 (128-row tiles, 3 per (head, sequence), t = m + 3 (h + 4 b)): sequence 0's
+        // tiles see 3 key tiles each, sequence 1's first tile 1, its other two none.
         let plan = Problem::new(2, 300, 4, 128)
             .with_dtype(DType::BF16)
             .with_lengths(Lengths::padded(&[300, 7]))
             .plan()
             .unwrap();
         let l = describe_forward(&plan).unwrap();
-        assert_eq!(
-            l.table(),
-            ([l.seqs[0].to_bytes(), l.seqs[1].to_bytes()].concat(), 0)
-        );
+        let mut want: Vec<u32> = (0..12).collect();
+        want.extend([12, 15, 18, 21, 13, 14, 16, 17, 19, 20, 22, 23]);
+        assert_eq!(order(&l), want);
     }
 
     #[test]
@@ -795,21 +785,23 @@ mod tests {
         assert!(l.table_key().is_none());
         assert_eq!(l.launch_grid(10, 0), (10, 1, 1));
         assert_eq!(l.launch_grid(132, 0), (12, 1, 1));
-        // Padded at D = 128: one CTA per unit (causal: per pair), even when every sequence
-        // has the same length (the tiles past 200 rows only write zeros).
+        assert_eq!(l.entry(), FWD_ENTRY);
+        // Padded: a work order on the persistent grid (causal: of pairs), even when every
+        // sequence has the same length (the tiles past 200 rows only write zeros).
         let padded = even.clone().with_lengths(Lengths::padded(&[300, 7]));
         let l = describe_forward(&padded.clone().plan().unwrap()).unwrap();
-        assert_eq!(l.table().1, 0);
-        assert_eq!(l.launch_grid(10, 0), (24, 1, 1));
+        assert_eq!((l.entry(), l.table().1), (FWD_ORDERED_ENTRY, 24));
+        assert_eq!(l.launch_grid(10, 24), (10, 1, 1));
+        assert_eq!(l.launch_grid(132, 24), (24, 1, 1));
         let l = describe_forward(&padded.with_causal(true).plan().unwrap()).unwrap();
-        assert_eq!(l.launch_grid(10, 0), (12, 1, 1));
+        assert_eq!(l.table().1, 12);
+        assert_eq!(l.launch_grid(10, 12), (10, 1, 1));
+        assert_eq!(l.launch_grid(132, 12), (12, 1, 1));
         let alike = even.with_lengths(Lengths::padded(&[200, 200]));
         let l = describe_forward(&alike.plan().unwrap()).unwrap();
-        assert!(l.table_key().is_none());
-        assert_eq!(l.launch_grid(10, 0), (24, 1, 1));
+        assert_eq!((l.entry(), l.table().1), (FWD_ORDERED_ENTRY, 24));
 
-        // D = 64 (2 x 4 x 2 = 16 tiles of 192 rows): padded plans walk a work order on the
-        // persistent grid, alike lengths included.
+        // D = 64 (2 x 4 x 2 = 16 tiles of 192 rows): the same.
         let alike = Problem::new(2, 300, 4, 64)
             .with_dtype(DType::BF16)
             .with_lengths(Lengths::padded(&[200, 200]));

@@ -239,7 +239,7 @@ impl CudaBackend {
     /// synchronisation.
     pub fn warm_up(&self, plan: &Plan) -> Result<()> {
         let l = describe_forward(plan)?;
-        self.function(l.variant, kernels::FWD_ENTRY)?;
+        self.function(l.variant, l.entry())?;
         self.forward_table(&l)?;
         Ok(())
     }
@@ -480,7 +480,7 @@ impl CudaBackend {
         self.ctx
             .bind_to_thread()
             .map_err(|e| driver_err("binding the context", e))?;
-        let f = self.function(l.variant, kernels::FWD_ENTRY)?;
+        let f = self.function(l.variant, l.entry())?;
         let (seq_ptr, order_units) = self.forward_table(&l)?;
         let (dt, d) = (plan.dtype(), plan.head_dim());
         let tm_q = encode_map(ptrs.q, dt, d, &l.q_map, l.tiles.block_m)?;
