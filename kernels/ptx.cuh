@@ -207,6 +207,12 @@ __device__ __forceinline__ void st_global_b32(void* p, u32 v) {
     asm volatile("st.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
 }
 
+/// `st.global.v4.b32`: 16 bytes at a 16-byte aligned global address.
+__device__ __forceinline__ void st_global_v4_b32(void* p, uint4 v) {
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+                 : "memory");
+}
+
 // ---------------------------------------------------------------- backward additions
 // (new wrappers only; the forward does not use them)
 

@@ -174,6 +174,72 @@ mod raw {
         );
     }
 
+    /// Atomic mode into a dQ that starts 4 bytes past a 16-byte boundary (a view into a larger
+    /// buffer: the dQ conversion then stores 4 bytes at a time instead of 16) gives the same dQ
+    /// as the backward into its own buffer, up to the order of fp32 additions, and leaves the
+    /// elements around the view untouched.
+    #[test]
+    fn atomic_backward_into_an_unaligned_dq_view() {
+        let Some(be) = backend() else { return };
+        let plan = Problem::new(2, 200, 2, 64)
+            .with_dtype(DType::BF16)
+            .with_lengths(Lengths::padded(&[200, 131]))
+            .plan()
+            .unwrap();
+        if let Err(e) = be.supports_backward(&plan) {
+            println!("cuda unaligned dQ: skipped: {e}");
+            return;
+        }
+        let inputs = Rng::new(11).attention_inputs(&plan, plan.dtype());
+        be.set_deterministic(false);
+        let [want, ..] = super::common::backward_outputs(&be, &plan, &inputs).unwrap();
+
+        let [q, k, v, d_o, _, dk, dv, _] =
+            super::common::backward_buffers(&be, &plan, &inputs).unwrap();
+        // Two poisoned elements on either side of the view.
+        let n = plan.q_elems();
+        let outer = be
+            .upload(&HostTensor::filled(DType::BF16, n + 4, f32::NAN))
+            .unwrap();
+        be.synchronize().unwrap();
+        let ptr = |b: &CudaBuffer| dev_ptr(&be, b);
+        let ptrs = RawGradTensors {
+            q: ptr(&q),
+            k: ptr(&k),
+            v: ptr(&v),
+            d_o: ptr(&d_o),
+            dq: ptr(&outer) + 4,
+            dk: ptr(&dk),
+            dv: ptr(&dv),
+            d_bias: None,
+        };
+        be.context().bind_to_thread().unwrap();
+        // SAFETY: the view holds the plan's dQ elements inside `outer`; every buffer outlives
+        // the synchronisation below.
+        unsafe { be.backward_raw(&plan, ptrs, be.stream().cu_stream()) }.unwrap();
+        be.synchronize().unwrap();
+        let got = be.download(&outer).unwrap().to_f64();
+        assert!(
+            got[..2].iter().chain(&got[n + 2..]).all(|x| x.is_nan()),
+            "wrote outside the view"
+        );
+        let want = want.to_f64();
+        let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        let worst = got[2..n + 2]
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(
+                0.0f64,
+                |m, d| if d.is_nan() { f64::INFINITY } else { m.max(d) },
+            );
+        assert!(
+            worst <= 1e-2 * scale,
+            "unaligned dQ differs by {worst} (max |dQ| {scale})"
+        );
+        println!("cuda: atomic backward into an unaligned dQ view: max difference {worst:.3e} of {scale:.3e}");
+    }
+
     /// One backward on fresh NaN-poisoned outputs: the bytes of dQ, dK, dV and d_bias.
     fn backward_bytes(
         be: &CudaBackend,
