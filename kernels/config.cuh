@@ -47,6 +47,12 @@ struct FwdConfig<64> {
 /// issued with this tile's last P V; fwd_cross_tile_pairs.patch against 559621a): 508-523 /
 /// 640-645 / 670-685 at D = 128, D = 64 -1 to -3%.
 ///
+/// Eighth session (bf16, padded 25%, TFLOPS at N = 1k / 4k / 16k, two rounds, A/B in one call
+/// against 0cc0f20): the ordered walk loading the next unit's index (and at D = 128 its
+/// sequence) a unit ahead, fwd_order_prefetch.patch: D = 128 439-442 / 608-612 / 717 ->
+/// 428-441 / 617-618 / 710-718, D = 64 364 / 494-495 / 551-552 -> 362-364 / 498-504 / 557:
+/// within +1%, dropped.
+///
 /// Fourth session, measured and dropped (bf16, dense, two rounds each, A/B in one call;
 /// patches in kernels/dev/experiments/): Q kept in registers as wgmma A fragments
 /// (fwd_q_in_regs.patch; D=128 16k 610/621 against 609/596, D=64 483/485 against 488/489);
