@@ -130,10 +130,10 @@ __device__ __forceinline__ void walk_units(const FwdParams& p, F&& f) {
     }
 }
 
-/// The positions blockIdx.x, blockIdx.x + gridDim.x, ... of the plan's work order: p.order_units
-/// unit indices, heaviest first, after the sequence table at seq_ptr (without one, the units in
-/// their natural order; written that way, not as the order alone, because that form spilled 40
-/// bytes at D = 64 where this one does not).
+/// The slots blockIdx.x, blockIdx.x + gridDim.x, ... of the plan's work order: p.order_units
+/// unit indices after the sequence table at seq_ptr (without one, the units in their natural
+/// order; written that way, not as the order alone, because that form spilled 40 bytes at
+/// D = 64 where this one does not).
 template <typename F>
 __device__ __forceinline__ void walk_order(const FwdParams& p, F&& f) {
     const int n_tiles = p.m_tiles * p.heads * p.batch;
@@ -146,17 +146,17 @@ __device__ __forceinline__ void walk_order(const FwdParams& p, F&& f) {
     const int jump = (static_cast<int>(gridDim.x) - 1) * group;
     for (int s = blockIdx.x * group; s < n_slots; s += ((s + 1) & (group - 1)) == 0 ? 1 + jump : 1) {
         const int t = p.order_units ? (static_cast<int>(order[s >> shift]) << shift) + (s & (group - 1)) : s;
-        if (t >= n_tiles) continue;  // the second tile of an odd count's last pair
+        if (t >= n_tiles) continue;  // an empty slot, or the second tile of an odd count's last pair
         visit_tile(p, t, f);
     }
 }
 
 /// Calls f(tile, sequence, key range) for this CTA's tiles with rows: units of one tile each,
 /// or of two when causal (a long and a short one). Plans whose units differ in work (padding,
-/// varlen) launch the kOrdered entry with a work order, the units heaviest first, so that a
-/// fixed stride hands every CTA about the same work (in each round CTA c gets a unit at least
-/// as heavy as CTA c + 1's and no lighter than its own next one, so any two CTAs' totals
-/// differ by at most the heaviest unit); even plans walk units in their natural order. Two
+/// varlen) launch the kOrdered entry with a work order: the host deals the units out so that
+/// every CTA gets about the same work and lays each CTA's list, heaviest first, into the slots
+/// c, c + gridDim.x, ... (src/cuda/schedule.rs; a slot without a unit holds an index past the
+/// last, whose tiles are skipped); even plans walk units in their natural order. Two
 /// entries, not one walk that reads an order when there is one: at D = 128 that walk cost even
 /// plans 2-3% (H200), and an instance of both walks in one kernel spilled at D = 64.
 template <bool kOrdered, typename F>
@@ -475,7 +475,9 @@ __device__ __forceinline__ void forward_cta(const TensorMap& tm_q, const TensorM
     // warpgroup, and warpgroup 0 takes the hand-over left after the CTA's last turn, so that
     // every named-barrier phase completes.
     if (cw == Shape::kConsumers - 1) named_barrier_arrive(1, 128 * 2);
-    for_each_tile<kOrdered>(p, [&](TileCoord tc, const SeqInfo& seq, TileRange tr) { consume(p, sm, seq, tr, tc, cw, pos); });
+    for_each_tile<kOrdered>(p, [&](TileCoord tc, const SeqInfo& seq, TileRange tr) {
+        consume(p, sm, seq, tr, tc, cw, pos);
+    });
     if (cw == 0) named_barrier_sync(1, 128 * 2);
 }
 

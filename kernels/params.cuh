@@ -32,8 +32,9 @@ struct FwdParams {
     SeqInfo uniform;  ///< used for every sequence when seq_ptr == 0 (q_start = k_start = 0)
     int map_batch;    ///< 1: the tensor maps index batch b; 0: packed input (batch coordinate 0)
     int m_tiles;      ///< query tiles per (head, batch element): ceil(longest rows / kBlockM)
-    /// Units in the work order that follows the `batch` SeqInfo at seq_ptr (u32 unit indices,
-    /// heaviest first), or 0: no order, units in their natural order (fwd_sm90.cu, for_each_tile).
+    /// Slots of the work order that follows the `batch` SeqInfo at seq_ptr (u32 unit indices,
+    /// CTA c's in slots c, c + gridDim.x, ...), or 0: no order, units in their natural order
+    /// (fwd_sm90.cu, for_each_tile).
     int order_units;
 };
 static_assert(sizeof(FwdParams) == 96, "FwdParams layout must match src/cuda/launch.rs");

@@ -7,6 +7,7 @@ use std::mem::MaybeUninit;
 use cudarc::driver::sys;
 
 use super::kernels::{BwdTiles, Kernel, TileConfig, Variant, FWD_ENTRY, FWD_ORDERED_ENTRY};
+use super::schedule;
 use crate::{DType, Error, Plan, Result, Strides};
 
 const BACKEND: &str = "cuda";
@@ -61,7 +62,7 @@ pub(crate) struct FwdParams {
     pub map_batch: i32,
     /// Query tiles per (head, batch element): the first extent of `ForwardLaunch::grid`.
     pub m_tiles: i32,
-    /// Units in the work order that follows the per-sequence table (0: no order).
+    /// Slots of the work order that follows the per-sequence table (0: no order).
     pub order_units: i32,
 }
 const _: () = assert!(std::mem::size_of::<FwdParams>() == 96);
@@ -105,12 +106,13 @@ impl ForwardLaunch {
     /// The launch grid: persistent, at most one CTA per SM (which the kernel's shared memory
     /// leaves room for; CTA c computes the units c, c + grid, ... of output tiles: one tile, or
     /// a pair of a long and a short tile when causal, so that a tile's loads overlap the
-    /// previous tile's last products). Units either all have the same work or the plan lists
-    /// them heaviest first ([`work_order`]), so any two CTAs' work differs by at most one unit
-    /// (H200, D=64 N=16k with one sequence of 12317 rows: the fixed stride over unsorted units
-    /// gave the busiest CTA 14% more than the average work: 504 TFLOPS; one CTA per unit
-    /// 531-537, the work order 539-541).
-    /// `order_units`: the length of the work order ([`Self::table`]), 0 without one.
+    /// previous tile's last products). Units either all have the same work or the plan brings
+    /// a work order that deals them out evenly ([`schedule::assign`]; H200, D=64 N=16k with
+    /// one sequence of 12317 rows: the fixed stride over unsorted units gave the busiest CTA
+    /// 14% more than the average work: 504 TFLOPS; one CTA per unit 531-537, the units
+    /// heaviest first 539-541). With an order, the grid is the one its slots were laid out
+    /// for ([`Self::table`] with the same SM count).
+    /// `order_units`: the slots of the work order ([`Self::table`]), 0 without one.
     pub fn launch_grid(&self, sm_count: u32, order_units: i32) -> (u32, u32, u32) {
         let (m, h, b) = self.grid;
         let tiles = u64::from(m) * u64::from(h) * u64::from(b);
@@ -160,23 +162,30 @@ impl ForwardLaunch {
     }
 
     /// The table the kernel reads at `seq_ptr`: the sequences, then the work order if the plan
-    /// has one (u32 unit indices, [`work_order`]); and the number of units in the order
-    /// (`order_units`, 0 without one).
-    pub fn table(&self) -> (Vec<u8>, i32) {
+    /// has one (u32 unit indices in the slots of `ctas` CTAs, [`schedule::assign`]); and the
+    /// number of slots (`order_units`, 0 without an order). `ctas`: the SM count of the
+    /// device, which [`Self::launch_grid`] then gives the same grid.
+    pub fn table(&self, ctas: u32) -> (Vec<u8>, i32) {
         let p = &self.params;
         let mut bytes: Vec<u8> = self.seqs.iter().flat_map(|r| r.to_bytes()).collect();
         if !self.ordered() {
             return (bytes, 0);
         }
-        let order = work_order(
+        let causal = p.causal != 0;
+        let units = work_order(
             &self.seqs,
             p.heads as usize,
             p.m_tiles as usize,
             &self.tiles,
-            p.causal != 0,
+            causal,
         );
-        bytes.extend(order.iter().flat_map(|u| u.to_le_bytes()));
-        (bytes, order.len() as i32)
+        // A unit index past the last: its tiles lie past the kernel's tile count.
+        let (m, h, b) = self.grid;
+        let tiles = m as usize * h as usize * b as usize;
+        let empty = tiles.div_ceil(tile_group(causal)) as u32;
+        let slots = schedule::assign(&units, ctas as usize, empty);
+        bytes.extend(slots.iter().flat_map(|u| u.to_le_bytes()));
+        (bytes, slots.len() as i32)
     }
 }
 
@@ -190,17 +199,18 @@ fn tile_group(causal: bool) -> usize {
     }
 }
 
-/// The forward's units (see [`tile_group`]) that have rows, heaviest first (ties in their
-/// natural order, so that the tiles of one head and sequence stay together and share K/V in
-/// L2). A tile's work is counted as its key tiles plus one for its Q load and O store (a tile
-/// past `len_q` only writes zeros). Mirrors `tile_coord` and `kv_tile_range` of fwd_sm90.cu.
+/// The forward's units (see [`tile_group`]) that have rows, with their work, heaviest first
+/// (ties in their natural order, so that the tiles of one head and sequence stay together and
+/// share K/V in L2). A tile's work is counted as its key tiles plus one for its Q load and O
+/// store (a tile past `len_q` only writes zeros). Mirrors `tile_coord` and `kv_tile_range` of
+/// fwd_sm90.cu.
 fn work_order(
     seqs: &[SeqInfoRaw],
     heads: usize,
     m_tiles: usize,
     tiles: &TileConfig,
     causal: bool,
-) -> Vec<u32> {
+) -> Vec<(u64, u32)> {
     let (block_m, block_n) = (tiles.block_m as i64, tiles.block_n as i64);
     let n_tiles = m_tiles * heads * seqs.len();
     let tile_work = |t: usize| -> u64 {
@@ -237,7 +247,7 @@ fn work_order(
         .filter(|&(work, _)| work > 0)
         .collect();
     units.sort_unstable_by_key(|&(work, u)| (std::cmp::Reverse(work), u));
-    units.into_iter().map(|(_, u)| u).collect()
+    units
 }
 
 fn unsupported(what: impl Into<String>) -> Error {
@@ -718,9 +728,11 @@ mod tests {
             .plan()
             .unwrap();
         let l = describe_forward(&plan).unwrap();
-        // Two sequences, then the work order of 2 x 4 x 2 tiles (192-row tiles).
-        let (table, units) = l.table();
-        assert_eq!((table.len(), units), (48 + 4 * 16, 16));
+        // Two sequences, then the work order of 2 x 4 x 2 tiles (192-row tiles): one unit per
+        // CTA on 132 SMs; on 10, two rounds of slots (the last with empties).
+        assert_eq!(l.table(132).0.len(), 48 + 4 * 16);
+        assert_eq!(l.table(132).1, 16);
+        assert_eq!(l.table(10).1, 20);
     }
 
     #[test]
@@ -731,12 +743,23 @@ mod tests {
             .with_lengths(Lengths::padded(&[300, 7]));
         let l = describe_forward(&padded.clone().plan().unwrap()).unwrap();
         let order = |l: &ForwardLaunch| -> Vec<u32> {
-            let (t, units) = l.table();
-            let words = t[24 * l.grid.2 as usize..].chunks(4);
-            assert_eq!(words.len(), units as usize);
-            words
+            let p = &l.params;
+            let units = work_order(
+                &l.seqs,
+                p.heads as usize,
+                p.m_tiles as usize,
+                &l.tiles,
+                p.causal != 0,
+            );
+            let list: Vec<u32> = units.iter().map(|&(_, u)| u).collect();
+            // With a CTA for each unit, the table's slots are the list itself.
+            let (t, slots) = l.table(132);
+            let words: Vec<u32> = t[24 * l.grid.2 as usize..]
+                .chunks(4)
                 .map(|w| u32::from_le_bytes(w.try_into().unwrap()))
-                .collect()
+                .collect();
+            assert_eq!((words.len(), &words), (slots as usize, &list));
+            list
         };
         // Sequence 0: 3 key tiles per query tile (work 4); sequence 1 (7 rows): its first query
         // tile sees 1 key tile (work 2), the second only writes zeros (work 1).
@@ -789,31 +812,32 @@ mod tests {
         // Padded: a work order on the persistent grid (causal: of pairs), even when every
         // sequence has the same length (the tiles past 200 rows only write zeros).
         let padded = even.clone().with_lengths(Lengths::padded(&[300, 7]));
+        // The table's slots are laid out for the grid launch_grid then gives.
+        let grid = |l: &ForwardLaunch, sms: u32| l.launch_grid(sms, l.table(sms).1);
         let l = describe_forward(&padded.clone().plan().unwrap()).unwrap();
-        assert_eq!((l.entry(), l.table().1), (FWD_ORDERED_ENTRY, 24));
-        assert_eq!(l.launch_grid(10, 24), (10, 1, 1));
-        assert_eq!(l.launch_grid(132, 24), (24, 1, 1));
+        assert_eq!((l.entry(), l.table(132).1), (FWD_ORDERED_ENTRY, 24));
+        assert_eq!(grid(&l, 10), (10, 1, 1));
+        assert_eq!(grid(&l, 132), (24, 1, 1));
         let l = describe_forward(&padded.with_causal(true).plan().unwrap()).unwrap();
-        assert_eq!(l.table().1, 12);
-        assert_eq!(l.launch_grid(10, 12), (10, 1, 1));
-        assert_eq!(l.launch_grid(132, 12), (12, 1, 1));
+        assert_eq!(l.table(132).1, 12);
+        assert_eq!(grid(&l, 10), (10, 1, 1));
+        assert_eq!(grid(&l, 132), (12, 1, 1));
         let alike = even.with_lengths(Lengths::padded(&[200, 200]));
         let l = describe_forward(&alike.plan().unwrap()).unwrap();
-        assert_eq!((l.entry(), l.table().1), (FWD_ORDERED_ENTRY, 24));
+        assert_eq!((l.entry(), l.table(132).1), (FWD_ORDERED_ENTRY, 24));
 
         // D = 64 (2 x 4 x 2 = 16 tiles of 192 rows): the same.
         let alike = Problem::new(2, 300, 4, 64)
             .with_dtype(DType::BF16)
             .with_lengths(Lengths::padded(&[200, 200]));
         let l = describe_forward(&alike.clone().plan().unwrap()).unwrap();
-        let units = l.table().1;
-        assert_eq!(units, 16);
-        assert_eq!(l.launch_grid(10, units), (10, 1, 1));
-        assert_eq!(l.launch_grid(132, units), (16, 1, 1));
+        assert_eq!(l.table(132).1, 16);
+        assert_eq!(grid(&l, 10), (10, 1, 1));
+        assert_eq!(grid(&l, 132), (16, 1, 1));
         // The key tells plans apart that differ only in what the order depends on.
         let lc = describe_forward(&alike.with_causal(true).plan().unwrap()).unwrap();
         assert_ne!(l.table_key(), lc.table_key());
-        assert_eq!(lc.launch_grid(132, lc.table().1), (8, 1, 1));
+        assert_eq!(grid(&lc, 132), (8, 1, 1));
     }
 
     #[test]

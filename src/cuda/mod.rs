@@ -47,6 +47,7 @@ mod compile;
 mod kernels;
 mod launch;
 mod nvrtc;
+mod schedule;
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -458,7 +459,7 @@ impl CudaBackend {
     /// number of units in the order, or (0, 0) when the plan needs none.
     fn forward_table(&self, l: &ForwardLaunch) -> Result<(u64, i32)> {
         match l.table_key() {
-            Some(key) => self.seq_table(&key, || l.table()),
+            Some(key) => self.seq_table(&key, || l.table(self.sm_count)),
             None => Ok((0, 0)),
         }
     }
