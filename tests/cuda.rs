@@ -70,6 +70,25 @@ mod raw {
         b.as_slice().device_ptr(be.stream()).0
     }
 
+    /// The device addresses of Q, K, V, dO, dQ, dK, dV (and d_bias) for backward_raw.
+    fn grad_ptrs(
+        be: &CudaBackend,
+        b: [&CudaBuffer; 7],
+        d_bias: Option<&CudaBuffer>,
+    ) -> RawGradTensors {
+        let [q, k, v, d_o, dq, dk, dv] = b.map(|b| dev_ptr(be, b));
+        RawGradTensors {
+            q,
+            k,
+            v,
+            d_o,
+            dq,
+            dk,
+            dv,
+            d_bias: d_bias.map(|b| dev_ptr(be, b)),
+        }
+    }
+
     /// forward_raw on a caller-created stream gives the same bytes as forward.
     #[test]
     fn forward_raw_on_a_borrowed_stream_matches_forward() {
@@ -133,17 +152,7 @@ mod raw {
         let [q, k, v, d_o, dq, dk, dv, db] =
             super::common::backward_buffers(&be, &plan, &inputs).unwrap();
         be.synchronize().unwrap();
-        let ptr = |b: &CudaBuffer| dev_ptr(&be, b);
-        let ptrs = RawGradTensors {
-            q: ptr(&q),
-            k: ptr(&k),
-            v: ptr(&v),
-            d_o: ptr(&d_o),
-            dq: ptr(&dq),
-            dk: ptr(&dk),
-            dv: ptr(&dv),
-            d_bias: Some(ptr(&db)),
-        };
+        let ptrs = grad_ptrs(&be, [&q, &k, &v, &d_o, &dq, &dk, &dv], Some(&db));
         be.context().bind_to_thread().unwrap();
         let raw = stream::create(StreamKind::NonBlocking).unwrap();
         // SAFETY: the buffers hold the plan's elements and outlive the synchronisation below;
@@ -194,7 +203,7 @@ mod raw {
         be.set_deterministic(false);
         let [want, ..] = super::common::backward_outputs(&be, &plan, &inputs).unwrap();
 
-        let [q, k, v, d_o, _, dk, dv, _] =
+        let [q, k, v, d_o, dq, dk, dv, _] =
             super::common::backward_buffers(&be, &plan, &inputs).unwrap();
         // Two poisoned elements on either side of the view.
         let n = plan.q_elems();
@@ -202,16 +211,9 @@ mod raw {
             .upload(&HostTensor::filled(DType::BF16, n + 4, f32::NAN))
             .unwrap();
         be.synchronize().unwrap();
-        let ptr = |b: &CudaBuffer| dev_ptr(&be, b);
         let ptrs = RawGradTensors {
-            q: ptr(&q),
-            k: ptr(&k),
-            v: ptr(&v),
-            d_o: ptr(&d_o),
-            dq: ptr(&outer) + 4,
-            dk: ptr(&dk),
-            dv: ptr(&dv),
-            d_bias: None,
+            dq: dev_ptr(&be, &outer) + 4,
+            ..grad_ptrs(&be, [&q, &k, &v, &d_o, &dq, &dk, &dv], None)
         };
         be.context().bind_to_thread().unwrap();
         // SAFETY: the view holds the plan's dQ elements inside `outer`; every buffer outlives

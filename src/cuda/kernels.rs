@@ -30,7 +30,7 @@ pub(crate) const FWD_SOURCE: &str = "fwd_sm90.cu";
 
 /// Forward entry for plans whose units all have the same work: units in their natural order.
 pub(crate) const FWD_ENTRY: &str = "sigmoid_attn_fwd";
-/// Forward entry for plans with a work order (padding, varlen): units heaviest first.
+/// Forward entry for plans with a work order (padding, varlen): units dealt out to the CTAs.
 pub(crate) const FWD_ORDERED_ENTRY: &str = "sigmoid_attn_fwd_ordered";
 
 /// File of the backward kernels (also the NVRTC program name).

@@ -140,9 +140,10 @@ impl ForwardLaunch {
         }
     }
 
-    /// What identifies [`Self::table`], cheap enough to build at every call (the order itself
-    /// takes a sort over the units: the backend builds it once per key and keeps it on the
-    /// device): the sequences and what the order depends on besides them. `None`: no table.
+    /// What identifies [`Self::table`] on one device, cheap enough to build at every call (the
+    /// order itself takes a sort and a schedule over the units: the backend builds it once per
+    /// key and keeps it on the device): the sequences and what the order depends on besides
+    /// them and the SM count. `None`: no table.
     pub fn table_key(&self) -> Option<Vec<u8>> {
         if self.seqs.is_empty() {
             return None;

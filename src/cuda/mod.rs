@@ -456,7 +456,8 @@ impl CudaBackend {
     }
 
     /// The forward's table (sequences and work order) on the device: its address and the
-    /// number of units in the order, or (0, 0) when the plan needs none.
+    /// number of slots in the order, or (0, 0) when the plan needs none. The order is laid out
+    /// for this device's SM count (the key leaves it out: one backend, one device).
     fn forward_table(&self, l: &ForwardLaunch) -> Result<(u64, i32)> {
         match l.table_key() {
             Some(key) => self.seq_table(&key, || l.table(self.sm_count)),
