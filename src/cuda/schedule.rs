@@ -68,32 +68,31 @@ pub(crate) fn assign(units: &[(u64, u32)], ctas: usize, empty: u32) -> Vec<u32> 
 
 /// The trade between a busy CTA's units and an idle CTA's whose work difference `x - y` is in
 /// (0, gap) and closest to gap / 2 (the pair's larger total then drops the most): positions
-/// (in `busy`, in `idle` or none for a plain move).
+/// (in `busy`, in `idle` or none for a plain move). One candidate per distinct work value, so
+/// that long lists (varlen plans of many sequences) stay cheap: O(n log n) in the list length.
 fn best_trade(
     busy: &[(u64, u32)],
     idle: &[(u64, u32)],
     gap: u64,
 ) -> Option<(usize, Option<usize>)> {
-    let mut best: Option<(u64, usize, Option<usize>)> = None;
-    // One candidate per distinct work value (lists are short, values few).
-    let firsts = |l: &[(u64, u32)]| {
-        let mut seen: Vec<(u64, usize)> = Vec::new();
-        for (i, &(w, _)) in l.iter().enumerate() {
-            if !seen.iter().any(|&(v, _)| v == w) {
-                seen.push((w, i));
-            }
-        }
-        seen
+    // (work, first position) per distinct work value, by work.
+    let distinct = |l: &[(u64, u32)]| -> Vec<(u64, usize)> {
+        let mut v: Vec<(u64, usize)> = l.iter().enumerate().map(|(i, &(w, _))| (w, i)).collect();
+        v.sort_unstable();
+        v.dedup_by_key(|p| p.0);
+        v
     };
     let ys: Vec<(u64, Option<usize>)> = std::iter::once((0, None))
-        .chain(firsts(idle).into_iter().map(|(w, i)| (w, Some(i))))
+        .chain(distinct(idle).into_iter().map(|(w, i)| (w, Some(i))))
         .collect();
-    for (x, xi) in firsts(busy) {
-        for &(y, yi) in &ys {
-            if x <= y || x - y >= gap {
+    let mut best: Option<(u64, usize, Option<usize>)> = None;
+    for (x, xi) in distinct(busy) {
+        // The y nearest x - gap / 2 from either side.
+        let at = ys.partition_point(|&(y, _)| y + gap / 2 < x);
+        for &(y, yi) in ys[at.saturating_sub(1)..(at + 1).min(ys.len())].iter() {
+            if y >= x || x - y >= gap {
                 continue;
             }
-            // Larger of the two new totals, relative to the idle CTA's: max(gap - d, d).
             let d = x - y;
             let worse = d.max(gap - d);
             if best.is_none_or(|(b, _, _)| worse < b) {
@@ -123,11 +122,14 @@ mod tests {
 
     /// Work of each CTA under `slots` (CTA c: slots c, c + ctas, ...).
     fn loads(slots: &[u32], units: &[(u64, u32)], ctas: usize, empty: u32) -> Vec<u64> {
-        let work = |u: u32| units.iter().find(|p| p.1 == u).map_or(0, |p| p.0);
+        let mut work = vec![0u64; units.len()];
+        for &(w, u) in units {
+            work[u as usize] = w;
+        }
         let mut l = vec![0; ctas];
         for (s, &u) in slots.iter().enumerate() {
             if u != empty {
-                l[s % ctas] += work(u);
+                l[s % ctas] += work[u as usize];
             }
         }
         l
@@ -185,5 +187,31 @@ mod tests {
         let units = vec![(3, 0), (3, 1), (2, 2), (2, 3), (2, 4)];
         let slots = assign(&units, 2, 99);
         assert_eq!(loads(&slots, &units, 2, 99), vec![6, 6]);
+    }
+
+    #[test]
+    fn many_units_of_many_weights_stay_cheap() {
+        // A varlen plan of 500 sequences of 1..=64 tiles (of 128 rows, up to 8k tokens), 16
+        // heads: 260 k units of 64 work values.
+        let mut units: Vec<(u64, u32)> = (0..500u64)
+            .flat_map(|s| {
+                let tiles = 1 + (s * 7919) % 64;
+                std::iter::repeat_n(tiles + 1, (tiles * 16) as usize)
+            })
+            .enumerate()
+            .map(|(i, w)| (w, i as u32))
+            .collect();
+        units.sort_unstable_by_key(|&(w, u)| (Reverse(w), u));
+        let t = std::time::Instant::now();
+        let slots = assign(&units, 132, u32::MAX);
+        // Generous for a debug build on a slow machine; release takes milliseconds.
+        assert!(t.elapsed().as_secs_f64() < 10.0, "{:?}", t.elapsed());
+        assert_eq!(
+            slots.iter().filter(|&&u| u != u32::MAX).count(),
+            units.len()
+        );
+        let l = loads(&slots, &units, 132, u32::MAX);
+        let mean = units.iter().map(|p| p.0).sum::<u64>() as f64 / 132.0;
+        assert!((*l.iter().max().unwrap() as f64) < 1.001 * mean);
     }
 }
