@@ -14,7 +14,10 @@
 //! `--warmup-ms 100` (measured time spent warming up before the timed runs), `--json PATH`,
 //! `--no-check`, `--d-bias` (the backward also computes d_bias, as training a learned bias
 //! does; off by default, like the anchors, which have no bias gradient), `--causal` (causal
-//! masking; FLOPs are counted on the visible pairs, about half).
+//! masking; FLOPs are counted on the visible pairs, about half), `--calls K` (each timed sample
+//! enqueues K calls back to back between its two events and counts a K-th of the time: the
+//! host's enqueue work then overlaps the GPU work of the call before, as in a training loop;
+//! the default, 1, times a call that starts on an idle GPU, host work included).
 
 use sigmoid_attn::cpu::reference::rows;
 use sigmoid_attn::{Backend, BackwardArgs, DType, Error, HostTensor, Lengths, Plan, Problem};
@@ -36,6 +39,7 @@ struct Opts {
     check: bool,
     d_bias: bool,
     causal: bool,
+    calls: usize,
 }
 
 fn list<T: std::str::FromStr>(s: &str) -> Result<Vec<T>, String> {
@@ -60,6 +64,7 @@ fn parse() -> Result<Opts, String> {
         check: true,
         d_bias: false,
         causal: false,
+        calls: 1,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -94,6 +99,12 @@ fn parse() -> Result<Opts, String> {
             "--width" => o.width = value.parse().map_err(|_| "bad --width")?,
             "--reps" => o.reps = value.parse().map_err(|_| "bad --reps")?,
             "--warmup-ms" => o.warmup_ms = value.parse().map_err(|_| "bad --warmup-ms")?,
+            "--calls" => {
+                o.calls = value.parse().map_err(|_| "bad --calls")?;
+                if o.calls == 0 {
+                    return Err("--calls must be at least 1".into());
+                }
+            }
             "--json" => o.json = Some(value),
             _ => return Err(format!("unknown option {flag}")),
         }
@@ -174,21 +185,24 @@ fn threshold(dtype: DType) -> f64 {
     }
 }
 
-/// Median of `reps` timed runs after a warm-up of at least `warmup_ms` of measured time (and at
-/// least one run): short GPU kernels need many runs before clocks and caches settle, the way
-/// `triton.testing.do_bench` warms up the anchors.
+/// Median of `reps` timed samples after a warm-up of at least `warmup_ms` of measured time (and
+/// at least one sample): short GPU kernels need many runs before clocks and caches settle, the
+/// way `triton.testing.do_bench` warms up the anchors. A sample is `calls` runs back to back
+/// between two events; the result is per run.
 fn time<B: Backend>(
     be: &B,
     reps: usize,
     warmup_ms: f64,
+    calls: usize,
     f: &mut dyn FnMut() -> Result<(), Error>,
 ) -> Result<f64, Error> {
+    let mut sample = || -> Result<(), Error> { (0..calls).try_for_each(|_| f()) };
     let mut warm = 0.0;
     while warm < warmup_ms || warm == 0.0 {
-        warm += be.time_ms(f)?.max(1e-6);
+        warm += be.time_ms(&mut sample)?.max(1e-6);
     }
     let times = (0..reps)
-        .map(|_| be.time_ms(f))
+        .map(|_| be.time_ms(&mut sample).map(|ms| ms / calls as f64))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(median(times))
 }
@@ -256,7 +270,7 @@ fn run_config<B: Backend>(be: &B, o: &Opts, d: usize, n: usize, pad: u32) -> Res
             Err(e) => notes.push(format!("fwd: {e}")),
             Ok(()) => {
                 let mut od = be.alloc(o.dtype, plan.o_elems())?;
-                let ms = time(be, o.reps, o.warmup_ms, &mut || {
+                let ms = time(be, o.reps, o.warmup_ms, o.calls, &mut || {
                     be.forward(&plan, &qd, &kd, &vd, &mut od)
                 })?;
                 row.fwd_ms = Some(ms);
@@ -308,7 +322,7 @@ fn run_config<B: Backend>(be: &B, o: &Opts, d: usize, n: usize, pad: u32) -> Res
                         },
                     )
                 };
-                let ms = time(be, o.reps, o.warmup_ms, &mut run)?;
+                let ms = time(be, o.reps, o.warmup_ms, o.calls, &mut run)?;
                 row.bwd_ms = Some(ms);
                 row.bwd_tflops = Some(plan.backward_flops() / (ms * 1e-3) / 1e12);
                 if o.check {
@@ -392,12 +406,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         other => return Err(format!("backend `{other}` is unknown or not compiled in").into()),
     };
     let mut table = format!(
-        "{backend} on {device}, {}{}, tokens {}, width {}, median of {} runs{}\n\n",
+        "{backend} on {device}, {}{}, tokens {}, width {}, median of {} {}{}\n\n",
         o.dtype,
         if o.causal { ", causal" } else { "" },
         o.tokens,
         o.width,
         o.reps,
+        if o.calls > 1 {
+            format!("samples of {} calls back to back (per call)", o.calls)
+        } else {
+            "runs".into()
+        },
         if o.d_bias { ", d_bias requested" } else { "" }
     );
     table.push_str("| D | N | pad | B×H | fwd ms | fwd TFLOPS | bwd ms | bwd TFLOPS | check |\n");
