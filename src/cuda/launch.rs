@@ -215,12 +215,8 @@ fn work_order(
     let (block_m, block_n) = (tiles.block_m as i64, tiles.block_n as i64);
     let n_tiles = m_tiles * heads * seqs.len();
     let tile_work = |t: usize| -> u64 {
-        let (j, s) = (t % m_tiles, &seqs[t / m_tiles / heads]);
-        let m = match (causal, j % 2) {
-            (false, _) => j,
-            (true, 1) => j / 2,
-            (true, _) => m_tiles - 1 - j / 2,
-        } as i64;
+        let s = &seqs[t / m_tiles / heads];
+        let m = query_block(t % m_tiles, m_tiles, causal) as i64;
         let q0 = m * block_m;
         if q0 >= i64::from(s.rows) {
             return 0;
@@ -249,6 +245,16 @@ fn work_order(
         .collect();
     units.sort_unstable_by_key(|&(work, u)| (std::cmp::Reverse(work), u));
     units
+}
+
+/// The query block of the j-th tile of a (head, sequence): j itself, or when causal the
+/// longest and the shortest block left in turn (fwd_sm90.cu, tile_coord).
+fn query_block(j: usize, m_tiles: usize, causal: bool) -> usize {
+    match (causal, j % 2) {
+        (false, _) => j,
+        (true, 1) => j / 2,
+        (true, _) => m_tiles - 1 - j / 2,
+    }
 }
 
 fn unsupported(what: impl Into<String>) -> Error {
@@ -793,6 +799,76 @@ mod tests {
         let mut want: Vec<u32> = (0..12).collect();
         want.extend([12, 15, 18, 21, 13, 14, 16, 17, 19, 20, 22, 23]);
         assert_eq!(order(&l), want);
+    }
+
+    /// The tiles fwd_sm90.cu's `walk_order` visits on `ctas` CTAs from this plan's table,
+    /// written the kernel's way (slot arithmetic, the skip of indices past the last tile, the
+    /// rows test of `visit_tile`).
+    fn walked_tiles(l: &ForwardLaunch, ctas: u32) -> Vec<usize> {
+        let p = &l.params;
+        let (table, order_units) = l.table(ctas);
+        let grid = l.launch_grid(ctas, order_units).0 as usize;
+        let order: Vec<usize> = table[24 * l.seqs.len()..]
+            .chunks(4)
+            .map(|w| u32::from_le_bytes(w.try_into().unwrap()) as usize)
+            .collect();
+        let n_tiles = p.m_tiles as usize * p.heads as usize * p.batch as usize;
+        let shift = usize::from(p.causal != 0);
+        let group = 1 << shift;
+        let n_slots = order_units as usize * group;
+        let jump = (grid - 1) * group;
+        let mut seen = Vec::new();
+        for cta in 0..grid {
+            let mut s = cta * group;
+            while s < n_slots {
+                let t = (order[s >> shift] << shift) + (s & (group - 1));
+                if t < n_tiles && tile_has_rows(l, t) {
+                    seen.push(t);
+                }
+                s += if (s + 1) & (group - 1) == 0 {
+                    1 + jump
+                } else {
+                    1
+                };
+            }
+        }
+        seen.sort_unstable();
+        seen
+    }
+
+    /// Whether tile t has rows of O (fwd_sm90.cu, tile_coord and visit_tile).
+    fn tile_has_rows(l: &ForwardLaunch, t: usize) -> bool {
+        let (m_tiles, heads) = (l.params.m_tiles as usize, l.params.heads as usize);
+        let m = query_block(t % m_tiles, m_tiles, l.params.causal != 0);
+        m * l.tiles.block_m < l.seqs[t / m_tiles / heads].rows as usize
+    }
+
+    #[test]
+    fn the_kernel_walk_of_a_work_order_visits_every_tile_with_rows_once() {
+        let plans = [
+            Problem::new(3, 700, 4, 128).with_lengths(Lengths::padded(&[700, 129, 0])),
+            Problem::new(3, 700, 4, 64)
+                .with_causal(true)
+                .with_lengths(Lengths::padded(&[1, 700, 333])),
+            Problem::new(2, 900, 8, 128)
+                .with_kv_heads(2)
+                .with_causal(true)
+                .with_lengths(Lengths::padded(&[900, 64])),
+            Problem::packed(&[0, 5, 305, 306, 819], 2, 64),
+            Problem::packed(&[0, 257, 257, 1257], 3, 128).with_causal(true),
+        ];
+        for (i, problem) in plans.into_iter().enumerate() {
+            let plan = problem.with_dtype(DType::BF16).plan();
+            let l = describe_forward(&plan.unwrap_or_else(|e| panic!("plan {i}: {e}"))).unwrap();
+            assert!(l.ordered(), "plan {i}");
+            let p = &l.params;
+            let want: Vec<usize> = (0..p.m_tiles as usize * p.heads as usize * l.seqs.len())
+                .filter(|&t| tile_has_rows(&l, t))
+                .collect();
+            for ctas in [1, 7, 132] {
+                assert_eq!(walked_tiles(&l, ctas), want, "plan {i}, {ctas} CTAs");
+            }
+        }
     }
 
     #[test]
