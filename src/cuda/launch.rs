@@ -91,12 +91,10 @@ pub(crate) struct ForwardLaunch {
     pub grid: (u32, u32, u32),
     /// Parameters with `o_ptr`, `seq_ptr` and `order_units` left at 0 (see [`Self::table`]).
     pub params: FwdParams,
-    /// The sequences when the kernel needs their table (they differ, or a work order follows
-    /// them); empty when `params.uniform` describes every sequence and there is no order.
+    /// The sequences when units of tiles differ in work (sequences differ, or have padding
+    /// rows): the kernel reads them, then the work order; empty when `params.uniform`
+    /// describes every sequence and the units walk in their natural order.
     pub seqs: Vec<SeqInfoRaw>,
-    /// Every unit of tiles has the same work (one description for every sequence, no padding
-    /// rows): the grid is persistent without a work order.
-    pub even: bool,
     pub q_map: MapShape,
     pub k_map: MapShape,
     pub v_map: MapShape,
@@ -114,20 +112,25 @@ impl ForwardLaunch {
     /// for ([`Self::table`] with the same SM count).
     /// `order_units`: the slots of the work order ([`Self::table`]), 0 without one.
     pub fn launch_grid(&self, sm_count: u32, order_units: i32) -> (u32, u32, u32) {
-        let (m, h, b) = self.grid;
-        let tiles = u64::from(m) * u64::from(h) * u64::from(b);
         let units = if self.ordered() {
             order_units.max(0) as u64
         } else {
-            tiles.div_ceil(tile_group(self.params.causal != 0) as u64)
+            self.units()
         };
         (units.min(u64::from(sm_count)).max(1) as u32, 1, 1)
+    }
+
+    /// Units of the tile walk in their natural order: output tiles, in pairs when causal.
+    fn units(&self) -> u64 {
+        let (m, h, b) = self.grid;
+        let tiles = u64::from(m) * u64::from(h) * u64::from(b);
+        tiles.div_ceil(tile_group(self.params.causal != 0) as u64)
     }
 
     /// Units differ in work, so the plan brings a work order (after the sequences in the
     /// table) and launches the entry that walks it.
     pub fn ordered(&self) -> bool {
-        !self.even
+        !self.seqs.is_empty()
     }
 
     /// The kernel entry for this plan: [`FWD_ORDERED_ENTRY`] walks the work order,
@@ -151,7 +154,7 @@ impl ForwardLaunch {
         let p = &self.params;
         // 21 + 24 n bytes: odd, so never the key of a backward table (32 bytes a sequence).
         let mut key = Vec::with_capacity(1 + 20 + 24 * self.seqs.len());
-        key.push(if self.ordered() { b'O' } else { b'F' });
+        key.push(b'F');
         for x in [p.heads, p.m_tiles, p.causal] {
             key.extend_from_slice(&x.to_le_bytes());
         }
@@ -172,18 +175,15 @@ impl ForwardLaunch {
         if !self.ordered() {
             return (bytes, 0);
         }
-        let causal = p.causal != 0;
         let units = work_order(
             &self.seqs,
             p.heads as usize,
             p.m_tiles as usize,
             &self.tiles,
-            causal,
+            p.causal != 0,
         );
         // A unit index past the last: its tiles lie past the kernel's tile count.
-        let (m, h, b) = self.grid;
-        let tiles = m as usize * h as usize * b as usize;
-        let empty = tiles.div_ceil(tile_group(causal)) as u32;
+        let empty = self.units() as u32;
         let slots = schedule::assign(&units, ctas as usize, empty);
         bytes.extend(slots.iter().flat_map(|u| u.to_le_bytes()));
         (bytes, slots.len() as i32)
@@ -373,7 +373,6 @@ pub(crate) fn describe_forward(plan: &Plan) -> Result<ForwardLaunch> {
         grid: (m_tiles as u32, heads as u32, batch as u32),
         params,
         seqs,
-        even,
         q_map: map(plan.seq_q(), heads, st.q),
         k_map: map(plan.seq_k(), kv_heads, st.k),
         v_map: map(plan.seq_k(), kv_heads, st.v),
@@ -760,12 +759,7 @@ mod tests {
             );
             let list: Vec<u32> = units.iter().map(|&(_, u)| u).collect();
             // With a CTA for each unit, the table's slots are the list itself.
-            let (t, slots) = l.table(132);
-            let words: Vec<u32> = t[24 * l.grid.2 as usize..]
-                .chunks(4)
-                .map(|w| u32::from_le_bytes(w.try_into().unwrap()))
-                .collect();
-            assert_eq!((words.len(), &words), (slots as usize, &list));
+            assert_eq!(table_order(l, 132), list);
             list
         };
         // Sequence 0: 3 key tiles per query tile (work 4); sequence 1 (7 rows): its first query
@@ -801,27 +795,35 @@ mod tests {
         assert_eq!(order(&l), want);
     }
 
+    /// The work order in `l`'s table for `ctas` CTAs (the u32 words after the sequences), as
+    /// many slots as the table says.
+    fn table_order(l: &ForwardLaunch, ctas: u32) -> Vec<u32> {
+        let (table, slots) = l.table(ctas);
+        let words: Vec<u32> = table[24 * l.seqs.len()..]
+            .chunks(4)
+            .map(|w| u32::from_le_bytes(w.try_into().unwrap()))
+            .collect();
+        assert_eq!(words.len(), slots as usize);
+        words
+    }
+
     /// The tiles fwd_sm90.cu's `walk_order` visits on `ctas` CTAs from this plan's table,
     /// written the kernel's way (slot arithmetic, the skip of indices past the last tile, the
     /// rows test of `visit_tile`).
     fn walked_tiles(l: &ForwardLaunch, ctas: u32) -> Vec<usize> {
         let p = &l.params;
-        let (table, order_units) = l.table(ctas);
-        let grid = l.launch_grid(ctas, order_units).0 as usize;
-        let order: Vec<usize> = table[24 * l.seqs.len()..]
-            .chunks(4)
-            .map(|w| u32::from_le_bytes(w.try_into().unwrap()) as usize)
-            .collect();
+        let order = table_order(l, ctas);
+        let grid = l.launch_grid(ctas, order.len() as i32).0 as usize;
         let n_tiles = p.m_tiles as usize * p.heads as usize * p.batch as usize;
         let shift = usize::from(p.causal != 0);
         let group = 1 << shift;
-        let n_slots = order_units as usize * group;
+        let n_slots = order.len() * group;
         let jump = (grid - 1) * group;
         let mut seen = Vec::new();
         for cta in 0..grid {
             let mut s = cta * group;
             while s < n_slots {
-                let t = (order[s >> shift] << shift) + (s & (group - 1));
+                let t = ((order[s >> shift] as usize) << shift) + (s & (group - 1));
                 if t < n_tiles && tile_has_rows(l, t) {
                     seen.push(t);
                 }

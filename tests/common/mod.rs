@@ -223,7 +223,7 @@ pub fn cases() -> Vec<Case> {
             true,
         ),
         case("many tiles d64", p(1, 777, 1, 64), false),
-        // The Hopper D=64 forward walks padded plans in a work order: an odd tile count (the
+        // The Hopper forward walks padded plans in a work order: an odd tile count (the
         // last causal pair has one tile) and more pairs than an H200 has SMs (the stride).
         case(
             "causal padded d64, odd tile count",
