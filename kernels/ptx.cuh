@@ -213,6 +213,21 @@ __device__ __forceinline__ void st_global_v4_b32(void* p, uint4 v) {
                  : "memory");
 }
 
+/// `st.shared.b32`.
+__device__ __forceinline__ void st_shared_b32(u32 addr, u32 v) {
+    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+
+/// `ld.shared.v4.b32`: 16 bytes at a 16-byte aligned shared address.
+__device__ __forceinline__ uint4 ld_shared_v4_b32(u32 addr) {
+    uint4 v;
+    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(addr)
+                 : "memory");
+    return v;
+}
+
 // ---------------------------------------------------------------- backward additions
 // (new wrappers only; the forward does not use them)
 
