@@ -577,7 +577,10 @@ __device__ __forceinline__ void dkdv_consume(const BwdParams& p, const DkdvSmem&
     }
     if (p.atomic_dq && n_tiles > 0) {
         dkdv_dq_step(p, sm, seq, b, n_tiles - 1, prev, cw, t);
-        if (t == 0 && SA_DQ_PATH != 1) bulk_wait<0>();  // the last reduction has completed before the CTA exits
+        // Only the staging buffer must outlive the CTA: the reduction's writes complete before
+        // the grid does (dq_convert reads them after it), so waiting for them here only delayed
+        // the next CTA on this SM (H200, D=128 N=4k: +2-3%).
+        if (t == 0 && SA_DQ_PATH != 1) bulk_wait_read<0>();
     }
 }
 
