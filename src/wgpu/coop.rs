@@ -87,6 +87,11 @@ pub fn source(kernel: CoopKernel, storage: StoragePath) -> String {
 /// Largest head dim of the cooperative-matrix kernels (eight 16-wide blocks per subgroup).
 pub const MAX_HEAD_DIM: u32 = 128;
 
+/// Quads of a streamed tile each invocation holds in registers, at most (the kernels' `PRE_MAX`):
+/// the forward one K or V tile at a time, the dQ kernel a K and a V tile.
+const FWD_PRE_MAX: u32 = 32;
+const DQ_PRE_MAX: u32 = 16;
+
 /// Tile shape of one cooperative-matrix kernel for one head dim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CoopTiles {
@@ -196,11 +201,11 @@ impl CoopTiles {
             && self.d <= MAX_HEAD_DIM
             && self.bk % 16 == 0
             && self.bk > 0
-            // The forward holds a K or V tile in registers, at most 32 quads per invocation; the
-            // dQ kernel a K and a V tile, at most 16 quads each.
-            && (kernel != CoopKernel::Forward || self.bk * self.d / 4 <= 32 * self.workgroup_size())
+            // The streamed tiles fit the kernels' register arrays.
+            && (kernel != CoopKernel::Forward
+                || self.bk * self.d / 4 <= FWD_PRE_MAX * self.workgroup_size())
             && (kernel != CoopKernel::BackwardDq
-                || self.bk * self.d / 4 <= 16 * self.workgroup_size())
+                || self.bk * self.d / 4 <= DQ_PRE_MAX * self.workgroup_size())
             && self.nsg > 0
             && rb_ok
             && self.sgs > 0
@@ -355,4 +360,19 @@ impl CoopSupport {
 /// True when the cooperative-matrix kernels take tensors of `dtype`.
 pub fn takes_dtype(dtype: DType) -> bool {
     matches!(dtype, DType::F16 | DType::BF16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_arrays_match_the_shaders() {
+        for (src, n) in [(FWD_COOP, FWD_PRE_MAX), (BWD_DQ_COOP, DQ_PRE_MAX)] {
+            assert!(
+                src.contains(&format!("const PRE_MAX: u32 = {n}u;")),
+                "PRE_MAX {n}"
+            );
+        }
+    }
 }
