@@ -47,15 +47,17 @@ fn visible_keys(sq: Seq, q0: u32, rows: u32, causal: bool) -> u32 {
     return select(kend, min(kend, q0 + rows), causal);
 }
 
-// `true`: 0.5·tanh(0.5x) + 0.5 (one tanh per element); `false`: 1 / (1 + e^-x) evaluated so
+// `true`: 1 / (1 + e^-x), one exponential and one reciprocal per element (e^-x overflows to
+// inf for x < -88, where the quotient is the 0 it should be). Not the tanh form of the CUDA fast
+// path: WGSL's tanh is no single instruction where we measured it (NVIDIA's Vulkan compiler:
+// the σ pass of a coop tile 5× slower with tanh, examples/coop_probe.rs), and this form is also
+// accurate in relative terms on very negative logits. `false`: the same quotient evaluated so
 // that the exponential never overflows (a few ulps over the whole range).
 override SIGMOID_FAST: bool = true;
 
 fn sigmoid4(x: vec4<f32>) -> vec4<f32> {
     if (SIGMOID_FAST) {
-        // tanh saturates to ±1 in f32 beyond |x| = 9; clamping keeps exp-based tanh
-        // implementations away from inf/inf.
-        return fma(vec4<f32>(0.5), tanh(clamp(0.5 * x, vec4<f32>(-15.0), vec4<f32>(15.0))), vec4<f32>(0.5));
+        return 1.0 / (1.0 + exp(-x));
     }
     let e = exp(-abs(x));
     let r = 1.0 / (1.0 + e);
