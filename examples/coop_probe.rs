@@ -127,8 +127,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let gbase = (wid.x * 64u) % prm.rows;
 ",
     );
-    let nacc;
-    match c.mode {
+    let nacc = match c.mode {
         Mode::Tile(parts) => {
             // Q rows (mb blocks of 16) in registers as 8 A-matrices each; O in 8 accumulators each.
             for i in 0..c.mb {
@@ -251,7 +250,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             if keep_s {
                 acc.extend((0..c.mb).flat_map(|i| (0..c.nb).map(move |j| format!("s{i}_{j}"))));
             }
-            nacc = acc;
+            acc
         }
         mode => {
             for i in 0..c.mb {
@@ -335,11 +334,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 }
             }
             s.push_str("    }\n");
-            nacc = (0..c.mb)
+            (0..c.mb)
                 .flat_map(|i| (0..c.nb).map(move |j| format!("c{i}_{j}")))
-                .collect::<Vec<_>>();
+                .collect::<Vec<_>>()
         }
-    }
+    };
     // Stores that never happen (prm.never is 0) but that the compiler cannot rule out.
     s.push_str("    if (prm.never == 1u) {\n");
     for (n, acc) in nacc.iter().enumerate() {
