@@ -61,16 +61,16 @@ fn stage_kv(t: u32, tid: u32, base: u32, rstride: u32, row0: u32, valid: u32) {
     for (var e = tid; e < NSG * 16u * D4; e += WG) {
         let r = e / D4;
         let c4 = e % D4;
-        var x = vec4<f32>(0.0);
+        var x = vec4<f16>(0.0);
         if (row0 + r < valid) {
             let idx = base + (row0 + r) * rstride + c4;
             if (t == 1u) {
-                x = load_quad(k[idx]);
+                x = half_quad(k[idx]);
             } else {
-                x = load_quad(v[idx]);
+                x = half_quad(v[idx]);
             }
         }
-        qo[r * LDQ + c4] = vec4<f16>(x);
+        qo[r * LDQ + c4] = x;
     }
 }
 
@@ -221,14 +221,14 @@ fn main(
             for (var e = tid; e < BQ * D4; e += WG) {
                 let r = e / D4;
                 let c4 = e % D4;
-                var xq = vec4<f32>(0.0);
-                var xo = vec4<f32>(0.0);
+                var xq = vec4<f16>(0.0);
+                var xo = vec4<f16>(0.0);
                 if (r < qn) {
-                    xq = load_quad(q[qbase + (i0 + r) * prm.q_str.y + c4]);
-                    xo = load_quad(d_o[obase + (i0 + r) * prm.o_str.y + c4]);
+                    xq = half_quad(q[qbase + (i0 + r) * prm.q_str.y + c4]);
+                    xo = half_quad(d_o[obase + (i0 + r) * prm.o_str.y + c4]);
                 }
-                qo[r * LDQ + c4] = vec4<f16>(xq);
-                qo[OO + r * LDQ + c4] = vec4<f16>(xo);
+                qo[r * LDQ + c4] = xq;
+                qo[OO + r * LDQ + c4] = xo;
             }
             workgroupBarrier();
             // 2. Sᵀ = K Qᵀ and dPᵀ = V dOᵀ, one block of 16 queries at a time.

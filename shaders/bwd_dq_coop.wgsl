@@ -61,16 +61,16 @@ fn stage_rows(t: u32, tid: u32, base: u32, rstride: u32, row0: u32, valid: u32) 
     for (var e = tid; e < NSG * 16u * D4; e += WG) {
         let r = e / D4;
         let c4 = e % D4;
-        var x = vec4<f32>(0.0);
+        var x = vec4<f16>(0.0);
         if (row0 + r < valid) {
             let idx = base + (row0 + r) * rstride + c4;
             if (t == 0u) {
-                x = load_quad(q[idx]);
+                x = half_quad(q[idx]);
             } else {
-                x = load_quad(d_o[idx]);
+                x = half_quad(d_o[idx]);
             }
         }
-        kv[r * LDK + c4] = vec4<f16>(x);
+        kv[r * LDK + c4] = x;
     }
 }
 
@@ -217,8 +217,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let e = tid + i * WG;
             if (e < BK * D4) {
                 let at = (e / D4) * LDK + e % D4;
-                kv[at] = vec4<f16>(load_quad(pk[i]));
-                kv[VO + at] = vec4<f16>(load_quad(pv[i]));
+                kv[at] = half_quad(pk[i]);
+                kv[VO + at] = half_quad(pv[i]);
             }
         }
         if (kt + 1u < n_kt) {

@@ -95,11 +95,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var e = tid; e < BQ * D4; e += WG) {
         let r = e / D4;
         let c4 = e % D4;
-        var x = vec4<f32>(0.0);
+        var x = vec4<f16>(0.0);
         if (q0 + r < sq.len_q) {
-            x = load_quad(q[qbase + (q0 + r) * prm.q_str.y + c4]);
+            x = half_quad(q[qbase + (q0 + r) * prm.q_str.y + c4]);
         }
-        kv[r * LDK + c4] = vec4<f16>(x);
+        kv[r * LDK + c4] = x;
     }
     workgroupBarrier();
     var qa0 = AM();
@@ -193,7 +193,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var i = 0u; i < n_pre; i++) {
             let e = tid + i * WG;
             if (e < BK * D4) {
-                kv[(e / D4) * LDK + e % D4] = vec4<f16>(load_quad(pre[i]));
+                kv[(e / D4) * LDK + e % D4] = half_quad(pre[i]);
             }
         }
         for (var i = 0u; i < n_pre; i++) {
@@ -279,7 +279,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var i = 0u; i < n_pre; i++) {
             let e = tid + i * WG;
             if (e < BK * D4) {
-                kv[(e / D4) * LDK + e % D4] = vec4<f16>(load_quad(pre[i]));
+                kv[(e / D4) * LDK + e % D4] = half_quad(pre[i]);
             }
         }
         if (kt + 1u < n_kt) {

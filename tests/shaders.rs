@@ -207,8 +207,11 @@ fn every_shader_variant_validates_and_translates() {
 #[test]
 fn every_coop_variant_validates_and_translates_to_spirv() {
     use sigmoid_attn::wgpu::coop::{source, CoopKernel, CoopTiles, STORAGE};
-    let caps =
-        naga::valid::Capabilities::SHADER_FLOAT16 | naga::valid::Capabilities::COOPERATIVE_MATRIX;
+    // unpack2x16float (the f16 storage path's loads) needs SHADER_FLOAT16_IN_FLOAT32, which
+    // `CoopSupport::detect` requires of the adapter.
+    let caps = naga::valid::Capabilities::SHADER_FLOAT16
+        | naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32
+        | naga::valid::Capabilities::COOPERATIVE_MATRIX;
     let validate = |m: &naga::Module| {
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
             .validate(m)
