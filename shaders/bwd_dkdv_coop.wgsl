@@ -14,7 +14,8 @@
 //   1. Q and dO (f16) to workgroup memory.
 //   2. Sᵀ = K Qᵀ and dPᵀ = V dOᵀ (16×16×16 multiply-adds), stored (f32) to `ss`.
 //   3. P = σ(scale·S + bias) and dS = dP·P·(1−P), zero where masked, rounded to f16 into `pt`
-//      as [key][query]; the dS sum of each invocation goes to d_bias.
+//      as [key][query], each subgroup on its own keys between subgroup barriers; the dS sum of
+//      each invocation goes to d_bias.
 //   4. dV += Pᵀ dO and dK += dSᵀ Q over the 16-query blocks that hold valid queries.
 // dK and dV go out through `ss` in column chunks of BQ; rows past rows_k are not written (rows
 // past len_k hold zeros: their keys are masked).
@@ -293,10 +294,11 @@ fn main(
                 let tv = t;
                 coopStoreT(tv, tp, LDS);
             }
-            workgroupBarrier();
-            // 3. Pᵀ and dSᵀ as f16, for key j = k0 + r and queries i0 + 4·c4 .. +3.
-            for (var e = tid; e < BKK * BQ4; e += WG) {
-                let r = e / BQ4;
+            subgroupBarrier();                   // this subgroup's Sᵀ and dPᵀ rows written
+            // 3. Pᵀ and dSᵀ as f16 on this subgroup's rows, for key j = k0 + r and queries
+            // i0 + 4·c4 .. +3.
+            for (var e = tid % SGS; e < 16u * BQ4; e += SGS) {
+                let r = r0 + e / BQ4;
                 let c4 = e % BQ4;
                 let jv = vec4<u32>(k0 + r);
                 let iv = vec4<u32>(i0 + c4 * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
@@ -311,7 +313,7 @@ fn main(
                 pt[r * LDP + c4] = vec4<f16>(p);
                 pt[PO + r * LDP + c4] = vec4<f16>(ds);
             }
-            workgroupBarrier();
+            subgroupBarrier();                   // this subgroup's Pᵀ and dSᵀ rows written
             // 4. dV += Pᵀ dO and dK += dSᵀ Q.
             for (var kk = 0u; kk < n_qb; kk++) {
                 let pa = coopLoadT<AM>(&pt[r0 * LDP + kk * 4u], LDP);

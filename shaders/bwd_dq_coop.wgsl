@@ -11,7 +11,8 @@
 // and accumulates their dQ in D/16 f32 C-matrices. Per tile of BK keys:
 //   1. K and V (f16) to workgroup memory.
 //   2. S = Q Kᵀ and dP = dO Vᵀ (16×16×16 multiply-adds), stored (f32) to `ss`.
-//   3. dS = dP·P·(1−P), zero where masked, rounded to f16 into `ps`.
+//   3. dS = dP·P·(1−P), zero where masked, rounded to f16 into `ps` (each subgroup on its own
+//      rows, between subgroup barriers).
 //   4. dQ += dS K over the 16-key blocks that hold visible keys.
 // Key tiles past the visible keys (padding, causal) are skipped. dQ goes out through `ss` in
 // column chunks of BK; rows past rows_q are not written.
@@ -298,10 +299,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let tv = t;
             coopStoreT(tv, tp, LDS);
         }
-        workgroupBarrier();
-        // 3. dS as f16, for query i = q0 + r and keys k0 + 4·c4 .. +3.
-        for (var e = tid; e < BQ * BK4; e += WG) {
-            let r = e / BK4;
+        subgroupBarrier();                // this subgroup's S and dP rows written
+        // 3. dS as f16 on this subgroup's rows, for query i = q0 + r and keys k0 + 4·c4 .. +3.
+        for (var e = tid % SGS; e < 16u * BK4; e += SGS) {
+            let r = r0 + e / BK4;
             let c4 = e % BK4;
             let jv = vec4<u32>(k0 + c4 * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
             let iv = vec4<u32>(q0 + r);
@@ -314,7 +315,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let ds = select(vec4<f32>(0.0), ss[SO + r * LDS + c4] * p * (1.0 - p), ok);
             ps[r * LDP + c4] = vec4<f16>(ds);
         }
-        workgroupBarrier();
+        subgroupBarrier();                // this subgroup's dS rows written
         // 4. dQ += dS K.
         for (var kk = 0u; kk < n_kb; kk++) {
             let a = coopLoadT<AM>(&ps[r0 * LDP + kk * 4u], LDP);

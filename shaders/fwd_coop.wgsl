@@ -10,10 +10,12 @@
 //
 // One workgroup of NSG subgroups per (query tile of BQ = 16·RB·NSG rows, query head, sequence);
 // each subgroup owns RB blocks of 16 query rows. Its Q rows stay in registers as RB·D/16
-// A-matrices. Per tile of BK keys:
-//   1. K (f16) to workgroup memory; S = Q Kᵀ by 16×16×16 coop multiply-adds, stored (f32) to `ss`.
-//   2. P = σ(scale·S + bias), zero where masked, rounded to f16 into `ps`; V to workgroup memory.
-//   3. O += P V into RB·D/16 f32 C-matrices per subgroup.
+// A-matrices. Per tile of BK keys, once K and V (f16) are in workgroup memory (between two
+// workgroup barriers), each subgroup on its own rows, with subgroup barriers between the steps
+// (no subgroup waits for another inside a tile):
+//   1. S = Q Kᵀ by 16×16×16 coop multiply-adds, stored (f32) to `ss`.
+//   2. P = σ(scale·S + bias), zero where masked, rounded to f16 into `ps`.
+//   3. O += P V into RB·D/16 f32 C-matrices.
 // Each B-matrix loaded from workgroup memory (a block of Kᵀ or V) feeds RB multiply-adds; RB = 2
 // halves those loads at the cost of registers and subgroups per workgroup (on an H200 it ran
 // 1.5–1.7× slower than RB = 1, so the host picks RB = 1 there).
@@ -33,7 +35,7 @@ override RB: u32 = 1u;        // 16-row blocks per subgroup (1 or 2)
 override SGS: u32 = 32u;      // subgroup size
 override CAUSAL: bool = false;
 override WG: u32 = 128u;      // NSG · SGS
-override KV_LEN: u32 = 2304u; // max(BQ, BK) · (D + 8) / 4   f16 quads
+override KV_LEN: u32 = 2304u; // max(BQ, 2·BK) · (D + 8) / 4 f16 quads
 override S_LEN: u32 = 1088u;  // BQ · (BK + 4) / 4           f32 quads
 override P_LEN: u32 = 1152u;  // BQ · (BK + 8) / 4           f16 quads
 
@@ -52,7 +54,8 @@ alias CM = coop_mat16x16<f32, C>;
 @group(0) @binding(4) var<storage, read> v: array<Quad>;
 @group(0) @binding(5) var<storage, read_write> o: array<Quad>;
 
-// Q (at the start), then K or V of the current tile, row-major with a padded row of D + 8.
+// Q (at the start), then K and V of the current tile (V from BK rows on), row-major with a
+// padded row of D + 8.
 var<workgroup> kv: array<vec4<f16>, KV_LEN>;
 // S (f32) of the tile, row-major with rows of BK + 4; O staging at the end.
 var<workgroup> ss: array<vec4<f32>, S_LEN>;
@@ -168,43 +171,56 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var p7 = CM();
 
     let n_kt = (kend + BK - 1u) / BK;
-    // K and V reach workgroup memory through registers one phase ahead: the loads of V(kt) are
-    // in flight during the S products of tile kt and those of K(kt + 1) during its P V products,
-    // instead of each load phase waiting on global memory between two barriers. `pre` holds the
-    // raw storage quads (converted when stored), quad tid + i·WG of the tile in element i, zeros
-    // past the visible keys.
+    // K and V of a tile sit side by side in `kv` (V from VOFF), so that one barrier pair per
+    // tile suffices: each subgroup then computes S, P and P V on its own rows, synchronising
+    // only with itself. K and V of the next tile are loaded into registers (raw storage quads,
+    // converted when stored; quad tid + i·WG of the tile in element i, zeros past the visible
+    // keys) while this one is computed.
+    let VOFF = BK * LDK;
     let n_pre = min((BK * D4 + WG - 1u) / WG, PRE_MAX);
-    var pre: array<Quad, PRE_MAX>;
+    var pk: array<Quad, PRE_MAX>;
+    var pv: array<Quad, PRE_MAX>;
     if (n_kt > 0u) {
         let kn0 = min(BK, kend);
         for (var i = 0u; i < n_pre; i++) {
             let e = tid + i * WG;
             var x = Quad();
+            var y = Quad();
             if (e < BK * D4 && e / D4 < kn0) {
                 x = k[kbase + (e / D4) * prm.k_str.y + e % D4];
+                y = v[vbase + (e / D4) * prm.v_str.y + e % D4];
             }
-            pre[i] = x;
+            pk[i] = x;
+            pv[i] = y;
         }
     }
+    let lane = tid % SGS;
     for (var kt = 0u; kt < n_kt; kt++) {
         let k0 = kt * BK;
         let kn = min(BK, kend - k0);      // visible keys in this tile
-        workgroupBarrier();               // Q / the last tile's V fully read
+        workgroupBarrier();               // Q / the last tile's K and V fully read
         for (var i = 0u; i < n_pre; i++) {
             let e = tid + i * WG;
             if (e < BK * D4) {
-                kv[(e / D4) * LDK + e % D4] = half_quad(pre[i]);
+                kv[(e / D4) * LDK + e % D4] = half_quad(pk[i]);
+                kv[VOFF + (e / D4) * LDK + e % D4] = half_quad(pv[i]);
             }
         }
-        for (var i = 0u; i < n_pre; i++) {
-            let e = tid + i * WG;
-            var x = Quad();
-            if (e < BK * D4 && e / D4 < kn) {
-                x = v[vbase + (k0 + e / D4) * prm.v_str.y + e % D4];
+        if (kt + 1u < n_kt) {
+            let kn1 = min(BK, kend - k0 - BK);
+            for (var i = 0u; i < n_pre; i++) {
+                let e = tid + i * WG;
+                var x = Quad();
+                var y = Quad();
+                if (e < BK * D4 && e / D4 < kn1) {
+                    x = k[kbase + (k0 + BK + e / D4) * prm.k_str.y + e % D4];
+                    y = v[vbase + (k0 + BK + e / D4) * prm.v_str.y + e % D4];
+                }
+                pk[i] = x;
+                pv[i] = y;
             }
-            pre[i] = x;
         }
-        workgroupBarrier();
+        workgroupBarrier();               // K and V of this tile written
         // 1. S = Q Kᵀ, one 16×16 block of keys at a time.
         for (var j = 0u; j < BK / 16u; j++) {
             var s = CM();
@@ -261,10 +277,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 coopStoreT(tv, tp, LDS);
             }
         }
-        workgroupBarrier();               // S complete, K fully read
-        // 2. P = σ(scale·S + bias), masked, as f16; V of the tile.
-        for (var e = tid; e < BQ * BK4; e += WG) {
-            let i = e / BK4;
+        subgroupBarrier();                // this subgroup's S rows written
+        // 2. P = σ(scale·S + bias) on this subgroup's rows, masked, as f16.
+        for (var e = lane; e < RB * 16u * BK4; e += SGS) {
+            let i = r0 + e / BK4;
             let j4 = e % BK4;
             let sv = ss[i * LDS + j4];
             let jv = vec4<u32>(k0 + j4 * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
@@ -276,24 +292,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let p = select(vec4<f32>(0.0), sigmoid4(fma(sv, vec4<f32>(scale), vec4<f32>(bias))), ok);
             ps[i * LDP + j4] = vec4<f16>(p);
         }
-        for (var i = 0u; i < n_pre; i++) {
-            let e = tid + i * WG;
-            if (e < BK * D4) {
-                kv[(e / D4) * LDK + e % D4] = half_quad(pre[i]);
-            }
-        }
-        if (kt + 1u < n_kt) {
-            let kn1 = min(BK, kend - k0 - BK);
-            for (var i = 0u; i < n_pre; i++) {
-                let e = tid + i * WG;
-                var x = Quad();
-                if (e < BK * D4 && e / D4 < kn1) {
-                    x = k[kbase + (k0 + BK + e / D4) * prm.k_str.y + e % D4];
-                }
-                pre[i] = x;
-            }
-        }
-        workgroupBarrier();
+        subgroupBarrier();                // this subgroup's P rows written
         // 3. O += P V over the 16-key blocks that hold visible keys.
         let n_kb = (kn + 15u) / 16u;
         for (var kk = 0u; kk < n_kb; kk++) {
@@ -302,7 +301,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             if (RB > 1u) {
                 a1 = coopLoadT<AM>(&ps[r1 * LDP + kk * 4u], LDP);
             }
-            let vb = kk * 16u * LDK;
+            let vb = VOFF + kk * 16u * LDK;
             if (DT > 0u) {
                 let bm = coopLoadT<BM>(&kv[vb + 0u], LDK);
                 o0 = coopMultiplyAdd(a, bm, o0);

@@ -211,7 +211,9 @@ fn every_coop_variant_validates_and_translates_to_spirv() {
     // `CoopSupport::detect` requires of the adapter.
     let caps = naga::valid::Capabilities::SHADER_FLOAT16
         | naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32
-        | naga::valid::Capabilities::COOPERATIVE_MATRIX;
+        | naga::valid::Capabilities::COOPERATIVE_MATRIX
+        | naga::valid::Capabilities::SUBGROUP
+        | naga::valid::Capabilities::SUBGROUP_BARRIER;
     let validate = |m: &naga::Module| {
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
             .validate(m)

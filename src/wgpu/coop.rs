@@ -190,7 +190,8 @@ impl CoopTiles {
     fn lens(&self, kernel: CoopKernel) -> (u32, u32, u32) {
         let (rows, bk, d) = (self.rows(), self.bk, self.d);
         match kernel {
-            CoopKernel::Forward => (rows.max(bk) * (d + 8), rows * (bk + 4), rows * (bk + 8)),
+            // Q at the start, then K and V of a key tile side by side; S; P.
+            CoopKernel::Forward => (rows.max(2 * bk) * (d + 8), rows * (bk + 4), rows * (bk + 8)),
             // K and V of a key tile (Q, then dO, at the start); S and dP; dS.
             CoopKernel::BackwardDq => (
                 (2 * bk).max(rows) * (d + 8),
@@ -370,6 +371,9 @@ impl CoopSupport {
             .contains(wgpu::DownlevelFlags::SHADER_F16_IN_F32)
         {
             return Err("the adapter has no SHADER_F16_IN_F32".into());
+        }
+        if !features.contains(wgpu::Features::SUBGROUP | wgpu::Features::SUBGROUP_BARRIER) {
+            return Err("the adapter has no SUBGROUP and SUBGROUP_BARRIER".into());
         }
         let f16 = wgpu::CooperativeScalarType::F16;
         let f32 = wgpu::CooperativeScalarType::F32;

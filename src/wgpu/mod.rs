@@ -264,7 +264,9 @@ impl WgpuBackend {
         };
         let mut wanted = wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY;
         if support.is_some() {
-            wanted |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+            wanted |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+                | wgpu::Features::SUBGROUP
+                | wgpu::Features::SUBGROUP_BARRIER;
         }
         let features = adapter.features() & wanted;
         let experimental_features = if support.is_some() {
