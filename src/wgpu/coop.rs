@@ -71,10 +71,10 @@ impl CoopKernel {
 pub const STORAGE: [StoragePath; 2] = [StoragePath::F16, StoragePath::BF16];
 
 /// f16 storage for the cooperative-matrix kernels: quads loaded as two 32-bit words and
-/// unpacked, not as `vec4<f16>`, which NVIDIA's Vulkan compiler loads far slower than a
-/// `vec2<u32>` (H200: the D=128 forward at 82 TFLOPS with f16 storage against 104 with bf16,
-/// whose quads are words). (naga 30 mistypes `bitcast<vec2<f16>>(u32)`, hence the unpacking
-/// through f32, which is exact.)
+/// unpacked, not as `vec4<f16>`. On an H200 over Vulkan the forward, which holds the next K
+/// and V tiles in registers, ran at 46 TFLOPS (D = 128, N = 16k) with `vec4<f16>` quads and at
+/// 106 with words (bf16, whose quads are words too: 104). naga 30 mistypes
+/// `bitcast<vec2<f16>>(u32)`, hence the unpacking through f32, which is exact.
 const F16_AS_WORDS: &str = "alias Quad = vec2<u32>;
 
 fn load_quad(x: Quad) -> vec4<f32> {
@@ -142,31 +142,22 @@ pub struct CoopTiles {
 }
 
 /// Candidate (subgroups, keys per tile, row blocks per subgroup), best first. Measured on an
-/// H200 over Vulkan (f16, N = 4096, `examples/bench_wgpu.rs`): D = 128 runs best with 64 keys
-/// per tile (13.2 ms; 32 keys 13.9), D = 64 with 32 (10.9 ms; 64 keys 18.9, more workgroup
-/// memory and fewer resident workgroups); two row blocks per subgroup, which halve the Kᵀ/V
-/// loads per multiply-add, ran 1.5–1.7× slower (fewer subgroups per workgroup, more registers).
-/// Holding workgroup memory in scalar f16/f32 instead of quads changed nothing measurable (≤ 2%).
-/// A later sweep (2–8 subgroups × 16–64 keys) stayed within 10.7–14.3 ms at D = 64 and
-/// 13.1–15.0 ms at D = 128 except where a shape cut the resident subgroups per SM (4×64 at
-/// D = 64, 2×64 at D = 128, one subgroup per workgroup: 19–33 ms): the kernel is latency-bound
-/// (its barrier-separated phases), not bound by the tile shape or the tensor cores.
+/// H200 over Vulkan (f16, N = 4096, `examples/bench_wgpu.rs`, subgroups on their own rows with
+/// K and V side by side): 4×32×1 runs best at both head dims (D = 128: 5.33 ms; 4×16 5.87,
+/// 2×32 6.19, 2×64 16.6, 4×64 does not fit 48 KiB; D = 64: 5.00 ms; 8×32 5.14, 4×16 5.42,
+/// 4×32×2 6.07, 4×64 7.12, 8×16 8.21). Two row blocks per subgroup halve the Kᵀ/V loads per
+/// multiply-add but cost registers and resident subgroups; shapes that cut the resident
+/// subgroups per SM (2×64, one subgroup per workgroup) run 2–3× slower. The rest are fallbacks
+/// for smaller limits.
 const CANDIDATES: [(u32, u32, u32); 7] = [
-    (4, 64, 1),
     (4, 32, 1),
+    (4, 64, 1),
     (2, 64, 2),
     (2, 32, 2),
     (4, 32, 2),
     (2, 64, 1),
     (2, 32, 1),
 ];
-
-/// Candidates for head dim `d`, best first: small head dims prefer 32 keys per tile.
-fn candidates(d: u32) -> impl Iterator<Item = (u32, u32, u32)> {
-    let small = d <= 64;
-    let first = if small { (4, 32, 1) } else { (4, 64, 1) };
-    std::iter::once(first).chain(CANDIDATES.into_iter().filter(move |&c| c != first))
-}
 
 /// Candidate (subgroups, streamed rows per tile) of the backward kernels, best first. 4×32 is
 /// the largest that fits 48 KiB of workgroup memory at D = 128 (dK/dV: 45 KiB; dQ: 40 KiB; 64
@@ -275,7 +266,7 @@ impl CoopTiles {
     /// As [`all`](Self::all), for `kernel`.
     pub fn all_for(kernel: CoopKernel, d: u32, sgs: u32) -> Vec<CoopTiles> {
         let shapes: Vec<(u32, u32, u32)> = match kernel {
-            CoopKernel::Forward => candidates(d).collect(),
+            CoopKernel::Forward => CANDIDATES.to_vec(),
             _ => BWD_CANDIDATES
                 .iter()
                 .map(|&(nsg, bk)| (nsg, bk, 1))
