@@ -11,7 +11,8 @@
 // each subgroup owns 16 keys, whose K and V rows stay in registers as D/16 A-matrices each, and
 // accumulates their dK and dV in 2·D/16 f32 C-matrices. Per query head of the group and tile of
 // BQ queries (causal: only queries at or after the tile's first key):
-//   1. Q and dO (f16) to workgroup memory.
+//   1. Q and dO (f16) to workgroup memory from registers, where they were loaded during the
+//      tile before; those of the next tile (or the next query head's first) into registers.
 //   2. Sᵀ = K Qᵀ and dPᵀ = V dOᵀ (16×16×16 multiply-adds), stored (f32) to `ss`.
 //   3. P = σ(scale·S + bias) and dS = dP·P·(1−P), zero where masked, rounded to f16 into `pt`
 //      as [key][query], each subgroup on its own keys between subgroup barriers; the dS sum of
@@ -32,6 +33,10 @@ override WG: u32 = 128u;      // NSG · SGS
 override QO_LEN: u32 = 1152u; // max(2·BQ, BKK) · (D + 8) / 4   f16 quads
 override S_LEN: u32 = 1152u;  // 2 · BKK · (BQ + 4) / 4          f32 quads
 override P_LEN: u32 = 1280u;  // 2 · BKK · (BQ + 8) / 4          f16 quads
+
+// Quads of one Q or dO tile that an invocation holds in registers (tile quads / WG, at most
+// this; the host checks it).
+const PRE_MAX: u32 = 16u;
 
 alias AM = coop_mat16x16<f16, A>;
 alias BM = coop_mat16x16<f16, B>;
@@ -209,27 +214,62 @@ fn main(
     var gv6 = CM();
     var gv7 = CM();
     var dbias = 0.0;
-    for (var g = 0u; g < prm.group; g++) {
-        let h = kvh * prm.group + g;
-        let qbase = head_base(prm.q_str, b, sq.q_start, h);
-        let obase = head_base(prm.o_str, b, sq.q_start, h);
-        for (var qt = 0u; qt < n_qt; qt++) {
+    // The (query head, query tile) pairs in one sequence, ti = g · n_qt + qt. Q and dO of the
+    // next pair reach registers while this one is computed (raw storage quads, quad
+    // tid + i·WG of the tile in element i, zeros past the valid queries), instead of the
+    // workgroup waiting on global memory between two barriers at every tile.
+    let n_tiles = prm.group * n_qt;
+    let n_pre = min((BQ * D4 + WG - 1u) / WG, PRE_MAX);
+    var pq: array<Quad, PRE_MAX>;
+    var po: array<Quad, PRE_MAX>;
+    if (n_tiles > 0u) {
+        let qbase = head_base(prm.q_str, b, sq.q_start, kvh * prm.group);
+        let obase = head_base(prm.o_str, b, sq.q_start, kvh * prm.group);
+        let qn = min(BQ, sq.len_q - qlo);
+        for (var i = 0u; i < n_pre; i++) {
+            let e = tid + i * WG;
+            var x = Quad();
+            var y = Quad();
+            if (e < BQ * D4 && e / D4 < qn) {
+                x = q[qbase + (qlo + e / D4) * prm.q_str.y + e % D4];
+                y = d_o[obase + (qlo + e / D4) * prm.o_str.y + e % D4];
+            }
+            pq[i] = x;
+            po[i] = y;
+        }
+    }
+    for (var ti = 0u; ti < n_tiles; ti++) {
+        {
+            let qt = ti % n_qt;
             let i0 = qlo + qt * BQ;
             let qn = min(BQ, sq.len_q - i0);     // valid queries in this tile
             let n_qb = (qn + 15u) / 16u;
             workgroupBarrier();                  // K/V, or the last tile's Q and dO, fully read
-            // 1. Q and dO of the tile, zeros past the valid queries.
-            for (var e = tid; e < BQ * D4; e += WG) {
-                let r = e / D4;
-                let c4 = e % D4;
-                var xq = vec4<f16>(0.0);
-                var xo = vec4<f16>(0.0);
-                if (r < qn) {
-                    xq = half_quad(q[qbase + (i0 + r) * prm.q_str.y + c4]);
-                    xo = half_quad(d_o[obase + (i0 + r) * prm.o_str.y + c4]);
+            // 1. Q and dO of the tile to workgroup memory; those of the next pair to registers.
+            for (var i = 0u; i < n_pre; i++) {
+                let e = tid + i * WG;
+                if (e < BQ * D4) {
+                    qo[(e / D4) * LDQ + e % D4] = half_quad(pq[i]);
+                    qo[OO + (e / D4) * LDQ + e % D4] = half_quad(po[i]);
                 }
-                qo[r * LDQ + c4] = xq;
-                qo[OO + r * LDQ + c4] = xo;
+            }
+            if (ti + 1u < n_tiles) {
+                let h1 = kvh * prm.group + (ti + 1u) / n_qt;
+                let qbase1 = head_base(prm.q_str, b, sq.q_start, h1);
+                let obase1 = head_base(prm.o_str, b, sq.q_start, h1);
+                let i1 = qlo + ((ti + 1u) % n_qt) * BQ;
+                let qn1 = min(BQ, sq.len_q - i1);
+                for (var i = 0u; i < n_pre; i++) {
+                    let e = tid + i * WG;
+                    var x = Quad();
+                    var y = Quad();
+                    if (e < BQ * D4 && e / D4 < qn1) {
+                        x = q[qbase1 + (i1 + e / D4) * prm.q_str.y + e % D4];
+                        y = d_o[obase1 + (i1 + e / D4) * prm.o_str.y + e % D4];
+                    }
+                    pq[i] = x;
+                    po[i] = y;
+                }
             }
             workgroupBarrier();
             // 2. Sᵀ = K Qᵀ and dPᵀ = V dOᵀ, one block of 16 queries at a time.

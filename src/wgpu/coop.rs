@@ -120,10 +120,12 @@ pub fn source(kernel: CoopKernel, storage: StoragePath) -> String {
 /// Largest head dim of the cooperative-matrix kernels (eight 16-wide blocks per subgroup).
 pub const MAX_HEAD_DIM: u32 = 128;
 
-/// Quads of a streamed tile each invocation holds in registers, at most (the kernels' `PRE_MAX`):
-/// the forward one K or V tile at a time, the dQ kernel a K and a V tile.
+/// Quads of one streamed tile each invocation holds in registers, at most (each kernel's
+/// `PRE_MAX`; every kernel holds two such tiles: the forward and the dQ kernel K and V, the
+/// dK/dV kernel Q and dO).
 const FWD_PRE_MAX: u32 = 32;
 const DQ_PRE_MAX: u32 = 16;
+const DKDV_PRE_MAX: u32 = 16;
 
 /// Tile shape of one cooperative-matrix kernel for one head dim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -231,6 +233,8 @@ impl CoopTiles {
                 || self.bk * self.d / 4 <= FWD_PRE_MAX * self.workgroup_size())
             && (kernel != CoopKernel::BackwardDq
                 || self.bk * self.d / 4 <= DQ_PRE_MAX * self.workgroup_size())
+            && (kernel != CoopKernel::BackwardDkDv
+                || self.bk * self.d / 4 <= DKDV_PRE_MAX * self.workgroup_size())
             && self.nsg > 0
             && rb_ok
             && self.sgs > 0
@@ -404,7 +408,11 @@ mod tests {
 
     #[test]
     fn register_arrays_match_the_shaders() {
-        for (src, n) in [(FWD_COOP, FWD_PRE_MAX), (BWD_DQ_COOP, DQ_PRE_MAX)] {
+        for (src, n) in [
+            (FWD_COOP, FWD_PRE_MAX),
+            (BWD_DQ_COOP, DQ_PRE_MAX),
+            (BWD_DKDV_COOP, DKDV_PRE_MAX),
+        ] {
             assert!(
                 src.contains(&format!("const PRE_MAX: u32 = {n}u;")),
                 "PRE_MAX {n}"
