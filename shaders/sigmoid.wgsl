@@ -50,7 +50,7 @@ fn visible_keys(sq: Seq, q0: u32, rows: u32, causal: bool) -> u32 {
 // `true`: 1 / (1 + e^-x), one exponential and one reciprocal per element (e^-x overflows to
 // inf for x < -88, where the quotient is the 0 it should be). Not the tanh form of the CUDA fast
 // path: WGSL's tanh is no single instruction where we measured it (NVIDIA's Vulkan compiler:
-// the σ pass of a coop tile 5× slower with tanh, examples/coop_probe.rs), and this form is also
+// the σ pass of a coop tile 3.5× slower with tanh, examples/coop_probe.rs), and this form is also
 // accurate in relative terms on very negative logits. `false`: the same quotient evaluated so
 // that the exponential never overflows (a few ulps over the whole range).
 override SIGMOID_FAST: bool = true;
