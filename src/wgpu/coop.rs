@@ -1,9 +1,12 @@
 //! The tensor-core path: kernels on cooperative matrices (`wgpu_cooperative_matrix`, wgpu's
 //! experimental `EXPERIMENTAL_COOPERATIVE_MATRIX`; `VK_KHR_cooperative_matrix` on Vulkan).
 //!
-//! The path needs, besides that feature, `SHADER_F16`, a 16×16×16 f16 → f32 configuration among
-//! the adapter's [`cooperative_matrix_properties`](wgpu::Adapter::cooperative_matrix_properties)
-//! and a fixed subgroup size (the kernel maps subgroup `i` to invocations `[i·s, (i+1)·s)`).
+//! The path needs, besides that feature, `SHADER_F16`, `SUBGROUP` and `SUBGROUP_BARRIER` (each
+//! subgroup computes S, σ and the next products on its own rows between subgroup barriers), the
+//! `SHADER_F16_IN_F32` downlevel flag (f16 storage is loaded as words and unpacked), a 16×16×16
+//! f16 → f32 configuration among the adapter's
+//! [`cooperative_matrix_properties`](wgpu::Adapter::cooperative_matrix_properties) and a fixed
+//! subgroup size (the kernels map subgroup `i` to invocations `[i·s, (i+1)·s)`).
 //! [`CoopSupport::detect`] decides it from the adapter. Which plans the path takes is
 //! [`CoopTiles::choose_for`] plus the checks in `WgpuBackend` (f16 and bf16 storage, head dims
 //! that are multiples of 16 up to 128); everything else runs on the scalar kernels. The forward

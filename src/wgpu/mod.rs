@@ -21,8 +21,8 @@
 //! never as panics.
 //!
 //! Tensor cores: where the adapter has `EXPERIMENTAL_COOPERATIVE_MATRIX` with a 16×16×16
-//! f16 → f32 configuration (an NVIDIA GPU over Vulkan, for one), [`WgpuBackend::new`] requests
-//! it, and the forward and backward of f16 and bf16 plans with head dims that are multiples of
+//! f16 → f32 configuration and subgroup barriers (an NVIDIA GPU over Vulkan, for one; the full
+//! list is [`coop::CoopSupport::detect`]), [`WgpuBackend::new`] requests them, and the forward and backward of f16 and bf16 plans with head dims that are multiples of
 //! 16 up to 128 run on cooperative matrices ([`coop`]: `fwd_coop.wgsl`; `bwd_dkdv_coop.wgsl` and
 //! `bwd_dq_coop.wgsl`); everything else runs the scalar kernels. [`WgpuBackend::new_coop`]
 //! insists on an adapter with the path, [`WgpuBackend::set_coop`] turns it off and on, and
