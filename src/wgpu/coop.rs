@@ -107,8 +107,8 @@ fn prelude(storage: StoragePath) -> String {
 }
 
 /// The complete WGSL of `kernel` for `storage` (one of [`STORAGE`]): the two `enable`
-/// directives first (WGSL wants them before any declaration), then the storage prelude
-/// ([`prelude`]), the shared prelude and the kernel.
+/// directives first (WGSL wants them before any declaration), then the storage prelude (with
+/// `half_quad`; f16 storage read as words), the shared prelude and the kernel.
 pub fn source(kernel: CoopKernel, storage: StoragePath) -> String {
     let mut s = String::with_capacity(16 * 1024);
     s.push_str("enable f16;\nenable wgpu_cooperative_matrix;\n");
