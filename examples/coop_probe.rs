@@ -22,7 +22,8 @@
 //! - `globalB MxN`: B loaded from a storage buffer (1.1 MB, L2-resident) instead.
 //! - `tile …`: the D=128 forward's key tile without global loads: S = Q Kᵀ (8 k-steps × 4
 //!   key blocks), S stored, σ, P loaded back, O += P V (4 × 8 products), with parts left out:
-//!   `full` (σ as 1 / (1 + e^-x)), `tanh` (σ as 0.5·tanh(x/2) + 0.5), `nobar` (no workgroup barriers: racy, timing only), `noelem` (no σ pass),
+//!   `full` (σ as 1 / (1 + e^-x)), `tanh` (σ as 0.5·tanh(x/2) + 0.5), `S+8` (S rows padded
+//!   by 8 floats instead of 4), `nobar` (no workgroup barriers: racy, timing only), `noelem` (no σ pass),
 //!   `mma+ld` (no S store, σ, barriers or P load: the products and their B loads alone).
 
 use sigmoid_attn::wgpu::WgpuBackend;
@@ -43,6 +44,7 @@ enum Mode {
 enum TileParts {
     Full,
     Tanh,
+    WideS,
     NoBarriers,
     NoElementwise,
     ProductsOnly,
@@ -66,6 +68,7 @@ impl Case {
             Mode::GlobalB => "globalB",
             Mode::Tile(TileParts::Full) => "tile full",
             Mode::Tile(TileParts::Tanh) => "tile tanh",
+            Mode::Tile(TileParts::WideS) => "tile S+8",
             Mode::Tile(TileParts::NoBarriers) => "tile nobar",
             Mode::Tile(TileParts::NoElementwise) => "tile noelem",
             Mode::Tile(TileParts::ProductsOnly) => "tile mma+ld",
@@ -92,6 +95,12 @@ const GLOBAL_ROWS: u32 = 4096;
 fn shader(c: &Case) -> String {
     let mut s = String::new();
     let tile = matches!(c.mode, Mode::Tile(_));
+    // S rows of 64 + 4 floats; `S+8` pads them to 64 + 8 (rows 8 banks apart instead of 4).
+    let lds = if c.mode == Mode::Tile(TileParts::WideS) {
+        18
+    } else {
+        17
+    };
     let _ = write!(
         s,
         "enable f16;
@@ -104,15 +113,16 @@ struct Prm {{ iters: u32, never: u32, rows: u32, pad: u32 }}
 @group(0) @binding(1) var<storage, read> g: array<vec4<f16>>;
 @group(0) @binding(2) var<storage, read_write> out: array<vec4<f32>>;
 const LD: u32 = {LD}u;
-const LDS: u32 = 17u;
+const LDS: u32 = {lds}u;
 const LDP: u32 = 18u;
 var<workgroup> sh: array<vec4<f16>, {}>;
 ",
-        TILE_ROWS * LD
+        TILE_ROWS * LD,
+        lds = lds
     );
     if tile && c.mode != Mode::Tile(TileParts::ProductsOnly) {
         let rows = 64 * c.mb;
-        let _ = writeln!(s, "var<workgroup> sf: array<vec4<f32>, {}>;", rows * 17);
+        let _ = writeln!(s, "var<workgroup> sf: array<vec4<f32>, {}>;", rows * lds);
         let _ = writeln!(s, "var<workgroup> sp: array<vec4<f16>, {}>;", rows * 18);
     }
     s.push_str(
@@ -379,6 +389,7 @@ fn cases() -> Vec<Case> {
     for p in [
         TileParts::Full,
         TileParts::Tanh,
+        TileParts::WideS,
         TileParts::NoBarriers,
         TileParts::NoElementwise,
         TileParts::ProductsOnly,
