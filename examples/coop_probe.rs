@@ -25,6 +25,10 @@
 //!   `full` (σ as 1 / (1 + e^-x)), `tanh` (σ as 0.5·tanh(x/2) + 0.5), `S+8` (S rows padded
 //!   by 8 floats instead of 4), `nobar` (no workgroup barriers: racy, timing only), `noelem` (no σ pass),
 //!   `mma+ld` (no S store, σ, barriers or P load: the products and their B loads alone).
+//! - `bwd …`: the dK/dV kernel's query tile at D=128 (16 keys per subgroup, 32 queries: Sᵀ and
+//!   dPᵀ, the round trip and dS pass, dV += Pᵀ dO and dK += dSᵀ Q), `full` or `mma+ld`, with K
+//!   and V held as 16 A-matrices in registers or loaded from workgroup memory at each use: does
+//!   holding 32 coop matrices per subgroup (and the occupancy it costs) limit the backward?
 
 use sigmoid_attn::wgpu::WgpuBackend;
 use std::fmt::Write as _;
@@ -38,6 +42,14 @@ enum Mode {
     LdsAB,
     GlobalB,
     Tile(TileParts),
+    /// The dK/dV kernel's query tile (16 keys per subgroup, 32 queries, D = 128): `full` with
+    /// the Sᵀ/dPᵀ round trip and the dS pass, else the products and their loads only;
+    /// `kv_regs`: K and V held as 16 A-matrices (as the shipped kernel), else loaded from
+    /// workgroup memory at each use (64 registers fewer).
+    BwdTile {
+        full: bool,
+        kv_regs: bool,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -72,6 +84,12 @@ impl Case {
             Mode::Tile(TileParts::NoBarriers) => "tile nobar",
             Mode::Tile(TileParts::NoElementwise) => "tile noelem",
             Mode::Tile(TileParts::ProductsOnly) => "tile mma+ld",
+            Mode::BwdTile { full, kv_regs } => match (full, kv_regs) {
+                (true, true) => "bwd full, KV in registers",
+                (true, false) => "bwd full, KV from workgroup memory",
+                (false, true) => "bwd mma+ld, KV in registers",
+                (false, false) => "bwd mma+ld, KV from workgroup memory",
+            },
         };
         format!("{m} {}x{}", self.mb, self.nb)
     }
@@ -81,6 +99,8 @@ impl Case {
         match self.mode {
             // S: ks k-steps × nb key blocks per row block; PV: nb key blocks × 8 head-dim blocks.
             Mode::Tile(_) => self.mb * (self.ks * self.nb + self.nb * 8),
+            // Sᵀ and dPᵀ: 2 query blocks × 8 k-steps each; dV and dK: 2 × 8 each.
+            Mode::BwdTile { .. } => 64,
             _ => self.ks * self.mb * self.nb,
         }
     }
@@ -120,6 +140,11 @@ var<workgroup> sh: array<vec4<f16>, {}>;
         TILE_ROWS * LD,
         lds = lds
     );
+    if let Mode::BwdTile { full: true, .. } = c.mode {
+        // Sᵀ and dPᵀ (2 × 64 key rows of 32 + 4 floats), Pᵀ and dSᵀ (rows of 32 + 8 halves).
+        s.push_str("var<workgroup> sf: array<vec4<f32>, 1152>;\n");
+        s.push_str("var<workgroup> sp: array<vec4<f16>, 1280>;\n");
+    }
     if tile && c.mode != Mode::Tile(TileParts::ProductsOnly) {
         let rows = 64 * c.mb;
         let _ = writeln!(s, "var<workgroup> sf: array<vec4<f32>, {}>;", rows * lds);
@@ -138,6 +163,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 ",
     );
     let nacc = match c.mode {
+        Mode::BwdTile { full, kv_regs } => bwd_tile(&mut s, full, kv_regs),
         Mode::Tile(parts) => {
             // Q rows (mb blocks of 16) in registers as 8 A-matrices each; O in 8 accumulators each.
             for i in 0..c.mb {
@@ -332,7 +358,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                             );
                             format!("lb{j}_{kk}")
                         }
-                        Mode::Tile(_) => unreachable!(),
+                        Mode::Tile(_) | Mode::BwdTile { .. } => unreachable!(),
                     };
                     for i in 0..c.mb {
                         let _ = writeln!(
@@ -360,6 +386,123 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     s.push_str("    }\n}\n");
     s
+}
+
+/// The body of a `BwdTile` case (after the shared prologue); returns the live accumulators.
+/// Rows 0..32 of `sh` stand for Q, rows 32..64 for dO; each subgroup's 16 rows for its K and V.
+fn bwd_tile(s: &mut String, full: bool, kv_regs: bool) -> Vec<String> {
+    let kv = |which: &str, d: u32| {
+        // K from the subgroup's rows, V from the same rows 8 columns on (a stand-in).
+        let col = if which == "k" {
+            d * 4
+        } else {
+            (d * 4 + 4) % 32
+        };
+        format!("coopLoadT<AM>(&sh[(sg * 16u) * LD + {col}u], LD)")
+    };
+    if kv_regs {
+        for d in 0..8 {
+            let _ = writeln!(s, "    let k{d} = {};", kv("k", d));
+            let _ = writeln!(s, "    let v{d} = {};", kv("v", d));
+        }
+    }
+    for d in 0..8 {
+        let _ = writeln!(s, "    var gk{d} = CM();");
+        let _ = writeln!(s, "    var gv{d} = CM();");
+    }
+    if !full {
+        // Without the round trip nothing reads Sᵀ and dPᵀ: they accumulate across iterations.
+        for j in 0..2 {
+            let _ = writeln!(s, "    var s{j} = CM();");
+            let _ = writeln!(s, "    var t{j} = CM();");
+        }
+    }
+    s.push_str("    let lane = tid % 32u;\n    for (var it = 0u; it < prm.iters; it++) {\n");
+    for j in 0..2 {
+        if full {
+            let _ = writeln!(s, "        var s{j} = CM();");
+            let _ = writeln!(s, "        var t{j} = CM();");
+        }
+        for d in 0..8 {
+            let (ka, va) = if kv_regs {
+                (format!("k{d}"), format!("v{d}"))
+            } else {
+                (kv("k", d), kv("v", d))
+            };
+            let _ = writeln!(
+                s,
+                "        {{ let a = {ka}; let b = coopLoad<BM>(&sh[{}u * LD + {d}u * 4u], LD); s{j} = coopMultiplyAdd(a, b, s{j}); }}",
+                j * 16
+            );
+            let _ = writeln!(
+                s,
+                "        {{ let a = {va}; let b = coopLoad<BM>(&sh[{}u * LD + {d}u * 4u], LD); t{j} = coopMultiplyAdd(a, b, t{j}); }}",
+                32 + j * 16
+            );
+        }
+        if full {
+            let _ = writeln!(
+                s,
+                "        {{ let p = &sf[(sg * 16u) * 9u + {j}u * 4u]; let v = s{j}; coopStoreT(v, p, 9u); }}"
+            );
+            let _ = writeln!(
+                s,
+                "        {{ let p = &sf[(64u + sg * 16u) * 9u + {j}u * 4u]; let v = t{j}; coopStoreT(v, p, 9u); }}"
+            );
+        }
+    }
+    if full {
+        s.push_str(
+            "        subgroupBarrier();
+        for (var e = lane; e < 128u; e += 32u) {
+            let r = sg * 16u + e / 8u;
+            let c4 = e % 8u;
+            let p = 1.0 / (1.0 + exp(-sf[r * 9u + c4]));
+            let ds = sf[(64u + r) * 9u + c4] * p * (1.0 - p);
+            sp[r * 10u + c4] = vec4<f16>(p);
+            sp[(64u + r) * 10u + c4] = vec4<f16>(ds);
+        }
+        subgroupBarrier();
+",
+        );
+    }
+    for j in 0..2 {
+        if full {
+            let _ = writeln!(
+                s,
+                "        let pa{j} = coopLoadT<AM>(&sp[(sg * 16u) * 10u + {j}u * 4u], 10u);"
+            );
+            let _ = writeln!(
+                s,
+                "        let da{j} = coopLoadT<AM>(&sp[(64u + sg * 16u) * 10u + {j}u * 4u], 10u);"
+            );
+        } else {
+            // Stand-ins for Pᵀ and dSᵀ: no store, no load.
+            let a = if kv_regs { format!("k{j}") } else { kv("k", j) };
+            let _ = writeln!(s, "        let pa{j} = {a};");
+            let _ = writeln!(s, "        let da{j} = pa{j};");
+        }
+        for d in 0..8 {
+            let _ = writeln!(
+                s,
+                "        {{ let b = coopLoadT<BM>(&sh[{}u * LD + {d}u * 4u], LD); gv{d} = coopMultiplyAdd(pa{j}, b, gv{d}); }}",
+                32 + j * 16
+            );
+            let _ = writeln!(
+                s,
+                "        {{ let b = coopLoadT<BM>(&sh[{}u * LD + {d}u * 4u], LD); gk{d} = coopMultiplyAdd(da{j}, b, gk{d}); }}",
+                j * 16
+            );
+        }
+    }
+    s.push_str("    }\n");
+    let mut acc: Vec<String> = (0..8)
+        .flat_map(|d| [format!("gk{d}"), format!("gv{d}")])
+        .collect();
+    if !full {
+        acc.extend(["s0", "t0", "s1", "t1"].map(String::from));
+    }
+    acc
 }
 
 fn cases() -> Vec<Case> {
@@ -401,6 +544,11 @@ fn cases() -> Vec<Case> {
     // 32 query rows per subgroup: twice the products per B load (S and P would not fit in
     // 48 KiB beside K/V at this size, so only the products).
     v.push(c(Mode::Tile(TileParts::ProductsOnly), 2, 4));
+    for full in [true, false] {
+        for kv_regs in [true, false] {
+            v.push(c(Mode::BwdTile { full, kv_regs }, 1, 1));
+        }
+    }
     v
 }
 
@@ -581,8 +729,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Parses and validates every case's shader with naga (f16 and cooperative matrices on).
 fn check_all() -> Result<(), Box<dyn std::error::Error>> {
-    let caps =
-        naga::valid::Capabilities::SHADER_FLOAT16 | naga::valid::Capabilities::COOPERATIVE_MATRIX;
+    let caps = naga::valid::Capabilities::SHADER_FLOAT16
+        | naga::valid::Capabilities::COOPERATIVE_MATRIX
+        | naga::valid::Capabilities::SUBGROUP
+        | naga::valid::Capabilities::SUBGROUP_BARRIER;
     for case in cases() {
         let src = shader(&case);
         let module = naga::front::wgsl::parse_str(&src)
