@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The cooperative-matrix experiments of kernels/dev/README.md ("Measured in the tenth session")
 # in one device call on the H200 over Vulkan, so that one machine start serves all of them:
-#   1. coop_probe's key-tile cases (S rows +4 against +8 floats among them);
+#   1. coop_probe's forward key-tile cases (S rows +4 against +8 floats among them) and its
+#      dK/dV query-tile cases (K and V in registers or in workgroup memory);
 #   2. the backward's parts (coop_bwd_parts.patch): each kernel alone, loads or dS pass left out;
 #   3. each ready variant NAME (default: sigma lds) A/B/A against target/vk/bench_wgpu, then the
 #      wgpu_coop suite with its tests binary.
@@ -22,9 +23,9 @@ SUMMARY=$OUT/summary.txt
 # The first seconds on a fresh machine read low: one throwaway probe run.
 timeout 60 $VK/coop_probe --wg 1056 >/dev/null 2>&1
 
-echo "== probe (key-tile cases)" | tee -a "$SUMMARY"
+echo "== probe (forward key-tile and dK/dV query-tile cases)" | tee -a "$SUMMARY"
 timeout 60 $VK/coop_probe --wg 4096 --mma 4096 >"$OUT/probe.log" 2>&1
-grep '^| tile' "$OUT/probe.log" >>"$SUMMARY"
+grep -E '^[|] (tile|bwd)' "$OUT/probe.log" >>"$SUMMARY"
 
 # Columns kept from bench_wgpu's rows: dtype, D, N, pad, coop fwd ms, TFLOPS, bwd ms, TFLOPS.
 bench() {
