@@ -73,37 +73,23 @@ impl CoopKernel {
 /// Storage paths the cooperative-matrix kernels take.
 pub const STORAGE: [StoragePath; 2] = [StoragePath::F16, StoragePath::BF16];
 
-/// f16 storage for the cooperative-matrix kernels: quads loaded as two 32-bit words and
-/// unpacked, not as `vec4<f16>`. On an H200 over Vulkan the forward, which holds the next K
-/// and V tiles in registers, ran at 46 TFLOPS (D = 128, N = 16k) with `vec4<f16>` quads and at
-/// 106 with words (bf16, whose quads are words too: 104). naga 30 mistypes
-/// `bitcast<vec2<f16>>(u32)`, hence the unpacking through f32, which is exact.
-const F16_AS_WORDS: &str = "alias Quad = vec2<u32>;
-
-fn load_quad(x: Quad) -> vec4<f32> {
-    return vec4<f32>(unpack2x16float(x.x), unpack2x16float(x.y));
-}
-
-fn store_quad(v: vec4<f32>) -> Quad {
-    return vec2<u32>(pack2x16float(v.xy), pack2x16float(v.zw));
-}
-
-fn half_quad(x: Quad) -> vec4<f16> {
-    return vec4<f16>(load_quad(x));
-}
-";
-
 /// The storage prelude of the cooperative-matrix kernels for `storage`, with
-/// `half_quad(x: Quad) -> vec4<f16>`, the products' operands. bf16 narrows once from f32; the
-/// scalar kernels' preludes lack `half_quad` because they run on adapters without `f16` too.
+/// `half_quad(x: Quad) -> vec4<f16>`, the products' operands (narrowed once from f32; the scalar
+/// kernels' preludes lack it because they run on adapters without `f16` too). f16 storage takes
+/// the packed path's prelude: quads loaded as two 32-bit words and unpacked, not as
+/// `vec4<f16>`. On an H200 over Vulkan the forward, which holds the next K and V tiles in
+/// registers, ran at 46 TFLOPS (D = 128, N = 16k) with `vec4<f16>` quads and at 106 with words
+/// (bf16, whose quads are words too: 104). (naga 30 mistypes `bitcast<vec2<f16>>(u32)`, hence
+/// the unpacking through f32, which is exact.)
 fn prelude(storage: StoragePath) -> String {
-    match storage {
-        StoragePath::F16 => F16_AS_WORDS.to_string(),
-        _ => format!(
-            "{}\nfn half_quad(x: Quad) -> vec4<f16> {{\n    return vec4<f16>(load_quad(x));\n}}\n",
-            storage.prelude().replace("enable f16;", "")
-        ),
-    }
+    let words = match storage {
+        StoragePath::F16 => StoragePath::F16Packed,
+        other => other,
+    };
+    format!(
+        "{}\nfn half_quad(x: Quad) -> vec4<f16> {{\n    return vec4<f16>(load_quad(x));\n}}\n",
+        words.prelude().replace("enable f16;", "")
+    )
 }
 
 /// The complete WGSL of `kernel` for `storage` (one of [`STORAGE`]): the two `enable`
