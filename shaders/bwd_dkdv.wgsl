@@ -135,7 +135,7 @@ fn main(
                     if (CAUSAL) {
                         ok = ok & (jv <= vec4<u32>(i));
                     }
-                    let p = select(vec4<f32>(0.0), sigmoid4(fma(s[n * TM4 + m], vec4<f32>(scale), vec4<f32>(bias))), ok);
+                    let p = select(vec4<f32>(0.0), sigmoid4_of(s[n * TM4 + m], scale, bias), ok);
                     let ds = dp[n * TM4 + m] * p * (1.0 - p);
                     dbias += (ds.x + ds.y) + (ds.z + ds.w);
                     sm[PS + (cs * TN + n) * BK4 + rs * TM4 + m] = p;

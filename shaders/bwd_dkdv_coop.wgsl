@@ -31,7 +31,7 @@ override SGS: u32 = 32u;      // subgroup size
 override CAUSAL: bool = false;
 override WG: u32 = 128u;      // NSG · SGS
 override QO_LEN: u32 = 1152u; // max(2·BQ, BKK) · (D + 8) / 4   f16 quads
-override S_LEN: u32 = 1152u;  // 2 · BKK · (BQ + 4) / 4          f32 quads
+override S_LEN: u32 = 1280u;  // 2 · BKK · (BQ + 8) / 4          f32 quads
 override P_LEN: u32 = 1280u;  // 2 · BKK · (BQ + 8) / 4          f16 quads
 
 // Quads of one Q or dO tile that an invocation holds in registers (tile quads / WG, at most
@@ -55,7 +55,7 @@ alias CM = coop_mat16x16<f32, C>;
 // Q (rows 0..BQ) and dO (rows BQ..2·BQ) of the query tile, rows of D + 8; K, then V of the key
 // tile at the start.
 var<workgroup> qo: array<vec4<f16>, QO_LEN>;
-// Sᵀ (rows 0..BKK) and dPᵀ (rows BKK..2·BKK), f32, rows of BQ + 4; dK/dV staging at the end.
+// Sᵀ (rows 0..BKK) and dPᵀ (rows BKK..2·BKK), f32, rows of BQ + 8; dK/dV staging at the end.
 var<workgroup> ss: array<vec4<f32>, S_LEN>;
 // Pᵀ (rows 0..BKK) and dSᵀ (rows BKK..2·BKK), f16, rows of BQ + 8.
 var<workgroup> pt: array<vec4<f16>, P_LEN>;
@@ -92,7 +92,7 @@ fn main(
     let BQ4 = BQ / 4u;
     // Row strides in quads, and the offsets of the second halves.
     let LDQ = D4 + 2u;
-    let LDS = BQ4 + 1u;
+    let LDS = BQ4 + 2u;
     let LDP = BQ4 + 2u;
     let OO = BQ * LDQ;
     let SO = BKK * LDS;
@@ -347,7 +347,7 @@ fn main(
                     ok = ok & (jv <= iv);
                 }
                 // Blocks past n_qb were not computed: `select` keeps their stale values out.
-                let p = select(vec4<f32>(0.0), sigmoid4(fma(ss[r * LDS + c4], vec4<f32>(scale), vec4<f32>(bias))), ok);
+                let p = select(vec4<f32>(0.0), sigmoid4_of(ss[r * LDS + c4], scale, bias), ok);
                 let ds = select(vec4<f32>(0.0), ss[SO + r * LDS + c4] * p * (1.0 - p), ok);
                 dbias += (ds.x + ds.y) + (ds.z + ds.w);
                 pt[r * LDP + c4] = vec4<f16>(p);

@@ -27,7 +27,7 @@ override SGS: u32 = 32u;      // subgroup size
 override CAUSAL: bool = false;
 override WG: u32 = 128u;      // NSG · SGS
 override KV_LEN: u32 = 1152u; // max(2·BK, BQ) · (D + 8) / 4   f16 quads
-override S_LEN: u32 = 1152u;  // 2 · BQ · (BK + 4) / 4         f32 quads
+override S_LEN: u32 = 1280u;  // 2 · BQ · (BK + 8) / 4         f32 quads
 override P_LEN: u32 = 640u;   // BQ · (BK + 8) / 4             f16 quads
 
 // Quads of one K (and of one V) tile that an invocation holds in registers (tile quads / WG, at
@@ -49,7 +49,7 @@ alias CM = coop_mat16x16<f32, C>;
 // K (rows 0..BK) and V (rows BK..2·BK) of the key tile, rows of D + 8; Q, then dO of the query
 // tile at the start.
 var<workgroup> kv: array<vec4<f16>, KV_LEN>;
-// S (rows 0..BQ) and dP (rows BQ..2·BQ), f32, rows of BK + 4; dQ staging at the end.
+// S (rows 0..BQ) and dP (rows BQ..2·BQ), f32, rows of BK + 8; dQ staging at the end.
 var<workgroup> ss: array<vec4<f32>, S_LEN>;
 // dS (f16), rows of BK + 8.
 var<workgroup> ps: array<vec4<f16>, P_LEN>;
@@ -83,7 +83,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let BK4 = BK / 4u;
     // Row strides in quads, and the offsets of the second halves.
     let LDK = D4 + 2u;
-    let LDS = BK4 + 1u;
+    let LDS = BK4 + 2u;
     let LDP = BK4 + 2u;
     let VO = BK * LDK;
     let SO = BQ * LDS;
@@ -311,7 +311,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 ok = ok & (jv <= iv);
             }
             // Blocks past n_kb were not computed: `select` keeps their stale values out.
-            let p = sigmoid4(fma(ss[r * LDS + c4], vec4<f32>(scale), vec4<f32>(bias)));
+            let p = sigmoid4_of(ss[r * LDS + c4], scale, bias);
             let ds = select(vec4<f32>(0.0), ss[SO + r * LDS + c4] * p * (1.0 - p), ok);
             ps[r * LDP + c4] = vec4<f16>(ds);
         }

@@ -129,7 +129,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 if (CAUSAL) {
                     ok = ok & (vec4<u32>(j) <= iv);
                 }
-                let p = sigmoid4(fma(s[n * TM4 + m], vec4<f32>(scale), vec4<f32>(bias)));
+                let p = sigmoid4_of(s[n * TM4 + m], scale, bias);
                 sm[PS + (cs * TN + n) * BQ4 + rs * TM4 + m] = select(vec4<f32>(0.0), p, ok);
             }
         }

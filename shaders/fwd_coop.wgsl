@@ -36,7 +36,7 @@ override SGS: u32 = 32u;      // subgroup size
 override CAUSAL: bool = false;
 override WG: u32 = 128u;      // NSG · SGS
 override KV_LEN: u32 = 2304u; // max(BQ, 2·BK) · (D + 8) / 4 f16 quads
-override S_LEN: u32 = 1088u;  // BQ · (BK + 4) / 4           f32 quads
+override S_LEN: u32 = 1152u;  // BQ · (BK + 8) / 4           f32 quads
 override P_LEN: u32 = 1152u;  // BQ · (BK + 8) / 4           f16 quads
 
 // Quads of one K or V tile that an invocation holds in registers (tile quads / WG, at most this;
@@ -57,7 +57,8 @@ alias CM = coop_mat16x16<f32, C>;
 // Q (at the start), then K and V of the current tile (V from BK rows on), row-major with a
 // padded row of D + 8.
 var<workgroup> kv: array<vec4<f16>, KV_LEN>;
-// S (f32) of the tile, row-major with rows of BK + 4; O staging at the end.
+// S (f32) of the tile, row-major with rows of BK + 8 (rows 8 banks apart: the coop store of
+// an f32 block writes two floats per invocation on 8 rows at once); O staging at the end.
 var<workgroup> ss: array<vec4<f32>, S_LEN>;
 // P (f16), row-major with rows of BK + 8.
 var<workgroup> ps: array<vec4<f16>, P_LEN>;
@@ -70,7 +71,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let BQ = NSG * RB * 16u;
     // Row strides in quads.
     let LDK = D / 4u + 2u;
-    let LDS = BK / 4u + 1u;
+    let LDS = BK / 4u + 2u;
     let LDP = BK / 4u + 2u;
     let BK4 = BK / 4u;
 
@@ -278,8 +279,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
         }
         subgroupBarrier();                // this subgroup's S rows written
-        // 2. P = σ(scale·S + bias) on this subgroup's rows, masked, as f16.
-        for (var e = lane; e < RB * 16u * BK4; e += SGS) {
+        // 2. P = σ(scale·S + bias) on this subgroup's rows, masked, as f16 (no masks on a tile
+        // whose keys and rows are all valid and visible).
+        let whole = k0 + BK <= sq.len_k && q0 + BQ <= sq.len_q && (!CAUSAL || k0 + BK <= q0 + 1u);
+        for (var e = lane; whole && e < RB * 16u * BK4; e += SGS) {
+            let i = r0 + e / BK4;
+            let j4 = e % BK4;
+            ps[i * LDP + j4] = vec4<f16>(sigmoid4_of(ss[i * LDS + j4], scale, bias));
+        }
+        for (var e = lane; !whole && e < RB * 16u * BK4; e += SGS) {
             let i = r0 + e / BK4;
             let j4 = e % BK4;
             let sv = ss[i * LDS + j4];
@@ -289,7 +297,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             if (CAUSAL) {
                 ok = ok & (jv <= iv);
             }
-            let p = select(vec4<f32>(0.0), sigmoid4(fma(sv, vec4<f32>(scale), vec4<f32>(bias))), ok);
+            let p = select(vec4<f32>(0.0), sigmoid4_of(sv, scale, bias), ok);
             ps[i * LDP + j4] = vec4<f16>(p);
         }
         subgroupBarrier();                // this subgroup's P rows written

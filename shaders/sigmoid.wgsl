@@ -55,6 +55,16 @@ fn visible_keys(sq: Seq, q0: u32, rows: u32, causal: bool) -> u32 {
 // that the exponential never overflows (a few ulps over the whole range).
 override SIGMOID_FAST: bool = true;
 
+// σ(scale·s + bias). The fast form folds the scale, the bias and log2(e) into one fma that
+// feeds exp2, saving the multiply inside exp.
+fn sigmoid4_of(s: vec4<f32>, scale: f32, bias: f32) -> vec4<f32> {
+    if (SIGMOID_FAST) {
+        let l2e = 1.4426950408889634;
+        return 1.0 / (1.0 + exp2(fma(s, vec4<f32>(-scale * l2e), vec4<f32>(-bias * l2e))));
+    }
+    return sigmoid4(fma(s, vec4<f32>(scale), vec4<f32>(bias)));
+}
+
 fn sigmoid4(x: vec4<f32>) -> vec4<f32> {
     if (SIGMOID_FAST) {
         return 1.0 / (1.0 + exp(-x));

@@ -173,17 +173,17 @@ impl CoopTiles {
         let (rows, bk, d) = (self.rows(), self.bk, self.d);
         match kernel {
             // Q at the start, then K and V of a key tile side by side; S; P.
-            CoopKernel::Forward => (rows.max(2 * bk) * (d + 8), rows * (bk + 4), rows * (bk + 8)),
+            CoopKernel::Forward => (rows.max(2 * bk) * (d + 8), rows * (bk + 8), rows * (bk + 8)),
             // K and V of a key tile (Q, then dO, at the start); S and dP; dS.
             CoopKernel::BackwardDq => (
                 (2 * bk).max(rows) * (d + 8),
-                2 * rows * (bk + 4),
+                2 * rows * (bk + 8),
                 rows * (bk + 8),
             ),
             // Q and dO of a query tile (K, then V, at the start); Sᵀ and dPᵀ; Pᵀ and dSᵀ.
             CoopKernel::BackwardDkDv => (
                 (2 * bk).max(rows) * (d + 8),
-                2 * rows * (bk + 4),
+                2 * rows * (bk + 8),
                 2 * rows * (bk + 8),
             ),
         }
