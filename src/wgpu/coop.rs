@@ -121,7 +121,8 @@ const DKDV_PRE_MAX: u32 = 16;
 pub struct CoopTiles {
     /// Head dim (multiple of 16, at most [`MAX_HEAD_DIM`]).
     pub d: u32,
-    /// Subgroups per workgroup; each owns `16 · rb` rows (queries; keys for dK/dV).
+    /// Subgroups per workgroup, each owning `16 · rb` rows (queries); for dK/dV, subgroup pairs,
+    /// each pair owning 16 keys.
     pub nsg: u32,
     /// Subgroup size of the adapter.
     pub sgs: u32,
@@ -162,9 +163,18 @@ impl CoopTiles {
         16 * self.nsg * self.rb
     }
 
-    /// Invocations per workgroup.
+    /// Invocations per workgroup of the forward.
     pub fn workgroup_size(&self) -> u32 {
-        self.nsg * self.sgs
+        self.workgroup_size_for(CoopKernel::Forward)
+    }
+
+    /// Invocations per workgroup of `kernel`: the dK/dV kernel runs two subgroups per 16 keys
+    /// (one holds K and accumulates dK, the other V and dV).
+    pub fn workgroup_size_for(&self, kernel: CoopKernel) -> u32 {
+        match kernel {
+            CoopKernel::BackwardDkDv => 2 * self.nsg * self.sgs,
+            _ => self.nsg * self.sgs,
+        }
     }
 
     /// Lengths in elements of `kernel`'s three workgroup arrays: the staged rows (f16), S and
@@ -180,9 +190,10 @@ impl CoopTiles {
                 2 * rows * (bk + 8),
                 rows * (bk + 8),
             ),
-            // Q and dO of a query tile (K, then V, at the start); Sᵀ and dPᵀ; Pᵀ and dSᵀ.
+            // Q and dO of a query tile (at the start, 16 columns of K and V at a time, rows of
+            // 24); Sᵀ and dPᵀ; Pᵀ and dSᵀ.
             CoopKernel::BackwardDkDv => (
-                (2 * bk).max(rows) * (d + 8),
+                ((2 * bk) * (d + 8)).max(2 * rows * 24),
                 2 * rows * (bk + 8),
                 2 * rows * (bk + 8),
             ),
@@ -219,16 +230,16 @@ impl CoopTiles {
             && self.bk > 0
             // The streamed tiles fit the kernels' register arrays.
             && (kernel != CoopKernel::Forward
-                || self.bk * self.d / 4 <= FWD_PRE_MAX * self.workgroup_size())
+                || self.bk * self.d / 4 <= FWD_PRE_MAX * self.workgroup_size_for(kernel))
             && (kernel != CoopKernel::BackwardDq
-                || self.bk * self.d / 4 <= DQ_PRE_MAX * self.workgroup_size())
+                || self.bk * self.d / 4 <= DQ_PRE_MAX * self.workgroup_size_for(kernel))
             && (kernel != CoopKernel::BackwardDkDv
-                || self.bk * self.d / 4 <= DKDV_PRE_MAX * self.workgroup_size())
+                || self.bk * self.d / 4 <= DKDV_PRE_MAX * self.workgroup_size_for(kernel))
             && self.nsg > 0
             && rb_ok
             && self.sgs > 0
             && self.smem_bytes_for(kernel) <= storage
-            && self.workgroup_size() <= invocations
+            && self.workgroup_size_for(kernel) <= invocations
     }
 
     /// The best forward shape for head dim `d` on an adapter with subgroup size `sgs`, or
@@ -293,7 +304,7 @@ impl CoopTiles {
             ("NSG", f64::from(self.nsg)),
             ("SGS", f64::from(self.sgs)),
             ("CAUSAL", f64::from(u8::from(causal))),
-            ("WG", f64::from(self.workgroup_size())),
+            ("WG", f64::from(self.workgroup_size_for(kernel))),
             ("S_LEN", f64::from(s)),
             ("P_LEN", f64::from(p)),
         ];
