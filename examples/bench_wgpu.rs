@@ -59,7 +59,7 @@ fn parse() -> Result<Opts, String> {
         sweep: false,
         out: None,
         tensor_peak: 790.0,
-        coop_shapes: vec![(4, 64, 1), (4, 32, 1), (2, 64, 2), (2, 32, 2), (4, 32, 2)],
+        coop_shapes: vec![(8, 32, 1), (4, 32, 1), (4, 64, 1), (2, 64, 2), (4, 32, 2)],
         coop_only: false,
     };
     let mut args = std::env::args().skip(1);

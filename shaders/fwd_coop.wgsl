@@ -35,7 +35,7 @@ override RB: u32 = 1u;        // 16-row blocks per subgroup (1 or 2)
 override SGS: u32 = 32u;      // subgroup size
 override CAUSAL: bool = false;
 override WG: u32 = 128u;      // NSG · SGS
-override KV_LEN: u32 = 2304u; // max(BQ, 2·BK) · (D + 8) / 4 f16 quads
+override KV_LEN: u32 = 2304u; // max(2·BK·(D + 8), 24·BQ) / 4  f16 quads
 override S_LEN: u32 = 1152u;  // BQ · (BK + 8) / 4           f32 quads
 override P_LEN: u32 = 1152u;  // BQ · (BK + 8) / 4           f16 quads
 
@@ -54,8 +54,8 @@ alias CM = coop_mat16x16<f32, C>;
 @group(0) @binding(4) var<storage, read> v: array<Quad>;
 @group(0) @binding(5) var<storage, read_write> o: array<Quad>;
 
-// Q (at the start), then K and V of the current tile (V from BK rows on), row-major with a
-// padded row of D + 8.
+// Blocks of Q (at the start), then K and V of the current tile (V from BK rows on), row-major
+// with a padded row of D + 8.
 var<workgroup> kv: array<vec4<f16>, KV_LEN>;
 // S (f32) of the tile, row-major with rows of BK + 8 (rows 8 banks apart: the coop store of
 // an f32 block writes two floats per invocation on 8 rows at once); O staging at the end.
@@ -63,6 +63,20 @@ var<workgroup> ss: array<vec4<f32>, S_LEN>;
 // P (f16), row-major with rows of BK + 8.
 var<workgroup> ps: array<vec4<f16>, P_LEN>;
 
+
+// Columns [16·c, 16·c + 16) of the query tile's Q rows to kv as f16, rows of 6 quads, zeros
+// past the valid length.
+fn stage_q_block(c: u32, tid: u32, qbase: u32, q0: u32, valid: u32) {
+    let BQ = NSG * RB * 16u;
+    for (var e = tid; e < BQ * 4u; e += WG) {
+        let r = e / 4u;
+        var x = vec4<f16>(0.0);
+        if (q0 + r < valid) {
+            x = half_quad(q[qbase + (q0 + r) * prm.q_str.y + 4u * c + e % 4u]);
+        }
+        kv[r * 6u + e % 4u] = x;
+    }
+}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
@@ -95,17 +109,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let scale = prm.scale;
     let bias = sq.bias;
 
-    // Q rows (zeros past the valid length) to registers, through workgroup memory.
-    for (var e = tid; e < BQ * D4; e += WG) {
-        let r = e / D4;
-        let c4 = e % D4;
-        var x = vec4<f16>(0.0);
-        if (q0 + r < sq.len_q) {
-            x = half_quad(q[qbase + (q0 + r) * prm.q_str.y + c4]);
-        }
-        kv[r * LDK + c4] = x;
-    }
-    workgroupBarrier();
+    // Q rows to registers, through workgroup memory, 16 columns at a time (rows of 6 quads):
+    // staged so, Q takes a sixth of the room its full rows would, and a workgroup of 128 rows
+    // fits 48 KiB at D = 128.
     var qa0 = AM();
     var qa1 = AM();
     var qa2 = AM();
@@ -123,36 +129,59 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var qb6 = AM();
     var qb7 = AM();
     if (DT > 0u) {
-        qa0 = coopLoadT<AM>(&kv[r0 * LDK + 0u], LDK);
-        if (RB > 1u) { qb0 = coopLoadT<AM>(&kv[r1 * LDK + 0u], LDK); }
+        stage_q_block(0u, tid, qbase, q0, sq.len_q);
+        workgroupBarrier();
+        qa0 = coopLoadT<AM>(&kv[r0 * 6u], 6u);
+        if (RB > 1u) { qb0 = coopLoadT<AM>(&kv[r1 * 6u], 6u); }
     }
     if (DT > 1u) {
-        qa1 = coopLoadT<AM>(&kv[r0 * LDK + 4u], LDK);
-        if (RB > 1u) { qb1 = coopLoadT<AM>(&kv[r1 * LDK + 4u], LDK); }
+        workgroupBarrier();          // the block before fully read
+        stage_q_block(1u, tid, qbase, q0, sq.len_q);
+        workgroupBarrier();
+        qa1 = coopLoadT<AM>(&kv[r0 * 6u], 6u);
+        if (RB > 1u) { qb1 = coopLoadT<AM>(&kv[r1 * 6u], 6u); }
     }
     if (DT > 2u) {
-        qa2 = coopLoadT<AM>(&kv[r0 * LDK + 8u], LDK);
-        if (RB > 1u) { qb2 = coopLoadT<AM>(&kv[r1 * LDK + 8u], LDK); }
+        workgroupBarrier();          // the block before fully read
+        stage_q_block(2u, tid, qbase, q0, sq.len_q);
+        workgroupBarrier();
+        qa2 = coopLoadT<AM>(&kv[r0 * 6u], 6u);
+        if (RB > 1u) { qb2 = coopLoadT<AM>(&kv[r1 * 6u], 6u); }
     }
     if (DT > 3u) {
-        qa3 = coopLoadT<AM>(&kv[r0 * LDK + 12u], LDK);
-        if (RB > 1u) { qb3 = coopLoadT<AM>(&kv[r1 * LDK + 12u], LDK); }
+        workgroupBarrier();          // the block before fully read
+        stage_q_block(3u, tid, qbase, q0, sq.len_q);
+        workgroupBarrier();
+        qa3 = coopLoadT<AM>(&kv[r0 * 6u], 6u);
+        if (RB > 1u) { qb3 = coopLoadT<AM>(&kv[r1 * 6u], 6u); }
     }
     if (DT > 4u) {
-        qa4 = coopLoadT<AM>(&kv[r0 * LDK + 16u], LDK);
-        if (RB > 1u) { qb4 = coopLoadT<AM>(&kv[r1 * LDK + 16u], LDK); }
+        workgroupBarrier();          // the block before fully read
+        stage_q_block(4u, tid, qbase, q0, sq.len_q);
+        workgroupBarrier();
+        qa4 = coopLoadT<AM>(&kv[r0 * 6u], 6u);
+        if (RB > 1u) { qb4 = coopLoadT<AM>(&kv[r1 * 6u], 6u); }
     }
     if (DT > 5u) {
-        qa5 = coopLoadT<AM>(&kv[r0 * LDK + 20u], LDK);
-        if (RB > 1u) { qb5 = coopLoadT<AM>(&kv[r1 * LDK + 20u], LDK); }
+        workgroupBarrier();          // the block before fully read
+        stage_q_block(5u, tid, qbase, q0, sq.len_q);
+        workgroupBarrier();
+        qa5 = coopLoadT<AM>(&kv[r0 * 6u], 6u);
+        if (RB > 1u) { qb5 = coopLoadT<AM>(&kv[r1 * 6u], 6u); }
     }
     if (DT > 6u) {
-        qa6 = coopLoadT<AM>(&kv[r0 * LDK + 24u], LDK);
-        if (RB > 1u) { qb6 = coopLoadT<AM>(&kv[r1 * LDK + 24u], LDK); }
+        workgroupBarrier();          // the block before fully read
+        stage_q_block(6u, tid, qbase, q0, sq.len_q);
+        workgroupBarrier();
+        qa6 = coopLoadT<AM>(&kv[r0 * 6u], 6u);
+        if (RB > 1u) { qb6 = coopLoadT<AM>(&kv[r1 * 6u], 6u); }
     }
     if (DT > 7u) {
-        qa7 = coopLoadT<AM>(&kv[r0 * LDK + 28u], LDK);
-        if (RB > 1u) { qb7 = coopLoadT<AM>(&kv[r1 * LDK + 28u], LDK); }
+        workgroupBarrier();          // the block before fully read
+        stage_q_block(7u, tid, qbase, q0, sq.len_q);
+        workgroupBarrier();
+        qa7 = coopLoadT<AM>(&kv[r0 * 6u], 6u);
+        if (RB > 1u) { qb7 = coopLoadT<AM>(&kv[r1 * 6u], 6u); }
     }
     var o0 = CM();
     var o1 = CM();

@@ -134,14 +134,17 @@ pub struct CoopTiles {
 }
 
 /// Candidate (subgroups, keys per tile, row blocks per subgroup), best first. Measured on an
-/// H200 over Vulkan (f16, N = 4096, `examples/bench_wgpu.rs`, subgroups on their own rows with
-/// K and V side by side): 4×32×1 runs best at both head dims (D = 128: 5.33 ms; 4×16 5.87,
-/// 2×32 6.19, 2×64 16.6, 4×64 does not fit 48 KiB; D = 64: 5.00 ms; 8×32 5.14, 4×16 5.42,
-/// 4×32×2 6.07, 4×64 7.12, 8×16 8.21). Two row blocks per subgroup halve the Kᵀ/V loads per
+/// H200 over Vulkan (`examples/bench_wgpu.rs`, f16, N = 16384): 8×32×1 runs best at both head
+/// dims (D = 128: 13.1 ms against 20.1 for 4×32×1; D = 64: 18.1 against 18.4): 128 query rows
+/// per workgroup halve the K/V tiles loaded per query, and with Q staged 16 columns at a time
+/// the shape fits 48 KiB at D = 128. Earlier, at N = 4096 with Q staged whole: 4×32×1 5.33 ms
+/// at D = 128 (4×16 5.87, 2×32 6.19, 2×64 16.6); D = 64 5.00 ms (8×32 5.14, 4×16 5.42, 4×32×2
+/// 6.07, 4×64 7.12, 8×16 8.21). Two row blocks per subgroup halve the Kᵀ/V loads per
 /// multiply-add but cost registers and resident subgroups; shapes that cut the resident
 /// subgroups per SM (2×64, one subgroup per workgroup) run 2–3× slower. The rest are fallbacks
 /// for smaller limits.
-const CANDIDATES: [(u32, u32, u32); 7] = [
+const CANDIDATES: [(u32, u32, u32); 8] = [
+    (8, 32, 1),
     (4, 32, 1),
     (4, 64, 1),
     (2, 64, 2),
@@ -182,8 +185,13 @@ impl CoopTiles {
     fn lens(&self, kernel: CoopKernel) -> (u32, u32, u32) {
         let (rows, bk, d) = (self.rows(), self.bk, self.d);
         match kernel {
-            // Q at the start, then K and V of a key tile side by side; S; P.
-            CoopKernel::Forward => (rows.max(2 * bk) * (d + 8), rows * (bk + 8), rows * (bk + 8)),
+            // Q at the start (16 columns at a time, rows of 24), then K and V of a key tile side
+            // by side; S; P.
+            CoopKernel::Forward => (
+                (2 * bk * (d + 8)).max(rows * 24),
+                rows * (bk + 8),
+                rows * (bk + 8),
+            ),
             // K and V of a key tile (Q, then dO, at the start); S and dP; dS.
             CoopKernel::BackwardDq => (
                 (2 * bk).max(rows) * (d + 8),
