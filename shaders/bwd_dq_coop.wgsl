@@ -26,7 +26,7 @@ override NSG: u32 = 4u;       // subgroups per workgroup; BQ = 16 · NSG
 override SGS: u32 = 32u;      // subgroup size
 override CAUSAL: bool = false;
 override WG: u32 = 128u;      // NSG · SGS
-override KV_LEN: u32 = 1152u; // max(2·BK, BQ) · (D + 8) / 4   f16 quads
+override KV_LEN: u32 = 1152u; // max(2·BK·(D + 8), 2·BQ·24) / 4  f16 quads
 override S_LEN: u32 = 1280u;  // 2 · BQ · (BK + 8) / 4         f32 quads
 override P_LEN: u32 = 640u;   // BQ · (BK + 8) / 4             f16 quads
 
@@ -46,32 +46,32 @@ alias CM = coop_mat16x16<f32, C>;
 @group(0) @binding(5) var<storage, read> d_o: array<Quad>;
 @group(0) @binding(6) var<storage, read_write> dq: array<Quad>;
 
-// K (rows 0..BK) and V (rows BK..2·BK) of the key tile, rows of D + 8; Q, then dO of the query
-// tile at the start.
+// K (rows 0..BK) and V (rows BK..2·BK) of the key tile, rows of D + 8; blocks of Q and dO of
+// the query tile at the start.
 var<workgroup> kv: array<vec4<f16>, KV_LEN>;
 // S (rows 0..BQ) and dP (rows BQ..2·BQ), f32, rows of BK + 8; dQ staging at the end.
 var<workgroup> ss: array<vec4<f32>, S_LEN>;
 // dS (f16), rows of BK + 8.
 var<workgroup> ps: array<vec4<f16>, P_LEN>;
 
-// Rows [row0, row0 + BQ) of a query-side tensor (t: 0 q, 3 dO) to kv as f16, zeros at or past
-// `valid`.
-fn stage_rows(t: u32, tid: u32, base: u32, rstride: u32, row0: u32, valid: u32) {
-    let D4 = D / 4u;
-    let LDK = D4 + 2u;
-    for (var e = tid; e < NSG * 16u * D4; e += WG) {
-        let r = e / D4;
-        let c4 = e % D4;
+// Columns [16·c, 16·c + 16) of the query tile's Q rows (staged rows 0..BQ) and dO rows (rows
+// BQ..2·BQ) to kv as f16, rows of 6 quads, zeros at or past `valid`: 16 columns at a time,
+// staging takes little room, and 128 query rows per workgroup fit 48 KiB at D = 128.
+fn stage_qo_block(c: u32, tid: u32, qbase: u32, obase: u32, row0: u32, valid: u32) {
+    let BQ = NSG * 16u;
+    for (var e = tid; e < 2u * BQ * 4u; e += WG) {
+        let r = e / 4u;
+        let i = row0 + r % BQ;
+        let c4 = 4u * c + e % 4u;
         var x = vec4<f16>(0.0);
-        if (row0 + r < valid) {
-            let idx = base + (row0 + r) * rstride + c4;
-            if (t == 0u) {
-                x = half_quad(q[idx]);
+        if (i < valid) {
+            if (r < BQ) {
+                x = half_quad(q[qbase + i * prm.q_str.y + c4]);
             } else {
-                x = half_quad(d_o[idx]);
+                x = half_quad(d_o[obase + i * prm.o_str.y + c4]);
             }
         }
-        kv[r * LDK + c4] = x;
+        kv[r * 6u + e % 4u] = x;
     }
 }
 
@@ -107,7 +107,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let scale = prm.scale;
     let bias = sq.bias;
 
-    // Q and dO rows to registers, through workgroup memory.
+    // Q and dO rows to registers, through workgroup memory, 16 columns at a time.
     var qa0 = AM();
     var qa1 = AM();
     var qa2 = AM();
@@ -124,58 +124,60 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var oa5 = AM();
     var oa6 = AM();
     var oa7 = AM();
-    stage_rows(0u, tid, qbase, prm.q_str.y, q0, sq.len_q);
-    workgroupBarrier();
     if (DT > 0u) {
-        qa0 = coopLoadT<AM>(&kv[r0 * LDK + 0u], LDK);
+        stage_qo_block(0u, tid, qbase, obase, q0, sq.len_q);
+        workgroupBarrier();
+        qa0 = coopLoadT<AM>(&kv[r0 * 6u], 6u);
+        oa0 = coopLoadT<AM>(&kv[(BQ + r0) * 6u], 6u);
     }
     if (DT > 1u) {
-        qa1 = coopLoadT<AM>(&kv[r0 * LDK + 4u], LDK);
+        workgroupBarrier();          // the block before fully read
+        stage_qo_block(1u, tid, qbase, obase, q0, sq.len_q);
+        workgroupBarrier();
+        qa1 = coopLoadT<AM>(&kv[r0 * 6u], 6u);
+        oa1 = coopLoadT<AM>(&kv[(BQ + r0) * 6u], 6u);
     }
     if (DT > 2u) {
-        qa2 = coopLoadT<AM>(&kv[r0 * LDK + 8u], LDK);
+        workgroupBarrier();          // the block before fully read
+        stage_qo_block(2u, tid, qbase, obase, q0, sq.len_q);
+        workgroupBarrier();
+        qa2 = coopLoadT<AM>(&kv[r0 * 6u], 6u);
+        oa2 = coopLoadT<AM>(&kv[(BQ + r0) * 6u], 6u);
     }
     if (DT > 3u) {
-        qa3 = coopLoadT<AM>(&kv[r0 * LDK + 12u], LDK);
+        workgroupBarrier();          // the block before fully read
+        stage_qo_block(3u, tid, qbase, obase, q0, sq.len_q);
+        workgroupBarrier();
+        qa3 = coopLoadT<AM>(&kv[r0 * 6u], 6u);
+        oa3 = coopLoadT<AM>(&kv[(BQ + r0) * 6u], 6u);
     }
     if (DT > 4u) {
-        qa4 = coopLoadT<AM>(&kv[r0 * LDK + 16u], LDK);
+        workgroupBarrier();          // the block before fully read
+        stage_qo_block(4u, tid, qbase, obase, q0, sq.len_q);
+        workgroupBarrier();
+        qa4 = coopLoadT<AM>(&kv[r0 * 6u], 6u);
+        oa4 = coopLoadT<AM>(&kv[(BQ + r0) * 6u], 6u);
     }
     if (DT > 5u) {
-        qa5 = coopLoadT<AM>(&kv[r0 * LDK + 20u], LDK);
+        workgroupBarrier();          // the block before fully read
+        stage_qo_block(5u, tid, qbase, obase, q0, sq.len_q);
+        workgroupBarrier();
+        qa5 = coopLoadT<AM>(&kv[r0 * 6u], 6u);
+        oa5 = coopLoadT<AM>(&kv[(BQ + r0) * 6u], 6u);
     }
     if (DT > 6u) {
-        qa6 = coopLoadT<AM>(&kv[r0 * LDK + 24u], LDK);
+        workgroupBarrier();          // the block before fully read
+        stage_qo_block(6u, tid, qbase, obase, q0, sq.len_q);
+        workgroupBarrier();
+        qa6 = coopLoadT<AM>(&kv[r0 * 6u], 6u);
+        oa6 = coopLoadT<AM>(&kv[(BQ + r0) * 6u], 6u);
     }
     if (DT > 7u) {
-        qa7 = coopLoadT<AM>(&kv[r0 * LDK + 28u], LDK);
-    }
-    workgroupBarrier();
-    stage_rows(3u, tid, obase, prm.o_str.y, q0, sq.len_q);
-    workgroupBarrier();
-    if (DT > 0u) {
-        oa0 = coopLoadT<AM>(&kv[r0 * LDK + 0u], LDK);
-    }
-    if (DT > 1u) {
-        oa1 = coopLoadT<AM>(&kv[r0 * LDK + 4u], LDK);
-    }
-    if (DT > 2u) {
-        oa2 = coopLoadT<AM>(&kv[r0 * LDK + 8u], LDK);
-    }
-    if (DT > 3u) {
-        oa3 = coopLoadT<AM>(&kv[r0 * LDK + 12u], LDK);
-    }
-    if (DT > 4u) {
-        oa4 = coopLoadT<AM>(&kv[r0 * LDK + 16u], LDK);
-    }
-    if (DT > 5u) {
-        oa5 = coopLoadT<AM>(&kv[r0 * LDK + 20u], LDK);
-    }
-    if (DT > 6u) {
-        oa6 = coopLoadT<AM>(&kv[r0 * LDK + 24u], LDK);
-    }
-    if (DT > 7u) {
-        oa7 = coopLoadT<AM>(&kv[r0 * LDK + 28u], LDK);
+        workgroupBarrier();          // the block before fully read
+        stage_qo_block(7u, tid, qbase, obase, q0, sq.len_q);
+        workgroupBarrier();
+        qa7 = coopLoadT<AM>(&kv[r0 * 6u], 6u);
+        oa7 = coopLoadT<AM>(&kv[(BQ + r0) * 6u], 6u);
     }
 
     var gq0 = CM();

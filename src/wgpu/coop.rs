@@ -154,11 +154,18 @@ const CANDIDATES: [(u32, u32, u32); 8] = [
     (2, 32, 1),
 ];
 
-/// Candidate (subgroups, streamed rows per tile) of the backward kernels, best first. 4×32 is
-/// the largest that fits 48 KiB of workgroup memory at D = 128 (dK/dV: 45 KiB; dQ: 40 KiB; 64
-/// streamed rows would need about 70 KiB); not tuned further. The rest are fallbacks for
-/// smaller limits.
-const BWD_CANDIDATES: [(u32, u32); 4] = [(4, 32), (4, 16), (2, 32), (2, 16)];
+/// Candidate (subgroups, keys per tile) of the dQ kernel, best first. Measured on an H200 over
+/// Vulkan (`examples/bench_wgpu.rs`, f16, N = 16384, backward with the dK/dV kernel at 4×32):
+/// 8×16 (43 KiB at D = 128, Q and dO staged 16 columns at a time) 44.3 ms at D = 128 against
+/// 49.5 for 4×32 (40 KiB), 67.4 against 73.2 at D = 64: 128 query rows per workgroup halve
+/// the K/V tiles loaded per query. The rest are fallbacks for smaller limits.
+const DQ_CANDIDATES: [(u32, u32); 5] = [(8, 16), (4, 32), (4, 16), (2, 32), (2, 16)];
+
+/// Candidate (subgroup pairs, queries per tile) of the dK/dV kernel, best first. Measured as
+/// the dQ kernel's (with dQ at 8×16): 4×32 (47 KiB at D = 128) 49.3 ms at D = 128 against 61.0
+/// for 8×16 (48 KiB: 16-query tiles, twice the barriers per query); at D = 64 8×16 is 2% ahead
+/// (66.1 against 67.4), not taken. The rest are fallbacks for smaller limits.
+const DKDV_CANDIDATES: [(u32, u32); 5] = [(4, 32), (8, 16), (4, 16), (2, 32), (2, 16)];
 
 impl CoopTiles {
     /// Query rows per workgroup.
@@ -192,9 +199,10 @@ impl CoopTiles {
                 rows * (bk + 8),
                 rows * (bk + 8),
             ),
-            // K and V of a key tile (Q, then dO, at the start); S and dP; dS.
+            // K and V of a key tile (Q and dO at the start, 16 columns at a time, rows of 24);
+            // S and dP; dS.
             CoopKernel::BackwardDq => (
-                (2 * bk).max(rows) * (d + 8),
+                (2 * bk * (d + 8)).max(2 * rows * 24),
                 2 * rows * (bk + 8),
                 rows * (bk + 8),
             ),
@@ -279,10 +287,8 @@ impl CoopTiles {
     pub fn all_for(kernel: CoopKernel, d: u32, sgs: u32) -> Vec<CoopTiles> {
         let shapes: Vec<(u32, u32, u32)> = match kernel {
             CoopKernel::Forward => CANDIDATES.to_vec(),
-            _ => BWD_CANDIDATES
-                .iter()
-                .map(|&(nsg, bk)| (nsg, bk, 1))
-                .collect(),
+            CoopKernel::BackwardDq => DQ_CANDIDATES.iter().map(|&(n, bk)| (n, bk, 1)).collect(),
+            CoopKernel::BackwardDkDv => DKDV_CANDIDATES.iter().map(|&(n, bk)| (n, bk, 1)).collect(),
         };
         shapes
             .into_iter()
