@@ -143,7 +143,7 @@ pub struct CoopTiles {
 /// multiply-add but cost registers and resident subgroups; shapes that cut the resident
 /// subgroups per SM (2×64, one subgroup per workgroup) run 2–3× slower. The rest are fallbacks
 /// for smaller limits.
-const CANDIDATES: [(u32, u32, u32); 8] = [
+const CANDIDATES: [(u32, u32, u32); 10] = [
     (8, 32, 1),
     (4, 32, 1),
     (4, 64, 1),
@@ -152,6 +152,8 @@ const CANDIDATES: [(u32, u32, u32); 8] = [
     (4, 32, 2),
     (2, 64, 1),
     (2, 32, 1),
+    (16, 16, 1),
+    (8, 16, 2),
 ];
 
 /// Candidate (subgroups, keys per tile) of the dQ kernel, best first. Measured on an H200 over
