@@ -4,8 +4,9 @@
 //! backward counted as 2.5× forward) and the two floors of each pass: FLOPs over the fp32
 //! (non-tensor) peak and bytes over memory bandwidth. Where the device has the cooperative-matrix
 //! (tensor-core) path, the forward and the backward are timed on it too, beside the scalar
-//! kernels, with the forward's floor over the tensor peak (`--tensor-tflops 790`); `--coop-shapes 4x64x1,4x32x1,2x64x2` (subgroups ×
-//! keys per tile × 16-row blocks per subgroup) are tried at N = 4096 first and the fastest kept.
+//! kernels, with the forward's floor over the tensor peak (`--tensor-tflops 790`), in the
+//! library's own tile shapes; `--coop-shapes 8x16x2,16x16x1,8x32x1` (subgroups × keys per tile
+//! × 16-row blocks per subgroup) are tried at N = 4096 first instead and the fastest kept.
 //!
 //! ```text
 //! cargo run --release --example bench_wgpu -- --dtype f16,f32 --reps 7
@@ -15,7 +16,7 @@
 //! Options: `--dtype f16,f32,bf16`, `--d 64,128`, `--n 1024,4096,16384`, `--pad 0,25`,
 //! `--tokens 16384`, `--width 2048`, `--reps 7`, `--peak-tflops 67`, `--bandwidth-tbs 4.2`,
 //! `--sweep`, `--out PATH` (markdown copy of the table), `--tensor-tflops 790`,
-//! `--coop-shapes 4x64x1,4x32x1,2x64x2`, `--coop-only` (skip the scalar kernels).
+//! `--coop-shapes 8x16x2,16x16x1,8x32x1`, `--coop-only` (skip the scalar kernels).
 
 use sigmoid_attn::wgpu::pipelines::{Kernel, Tiles};
 use sigmoid_attn::wgpu::{WgpuBackend, WgpuBuffer};
@@ -59,7 +60,7 @@ fn parse() -> Result<Opts, String> {
         sweep: false,
         out: None,
         tensor_peak: 790.0,
-        coop_shapes: vec![(8, 32, 1), (4, 32, 1), (4, 64, 1), (2, 64, 2), (4, 32, 2)],
+        coop_shapes: Vec::new(),
         coop_only: false,
     };
     let mut args = std::env::args().skip(1);
@@ -365,7 +366,7 @@ fn main() -> Res<()> {
         }
         for &d in &o.dims {
             be.set_coop_tiles(None);
-            if be.has_coop() {
+            if be.has_coop() && !o.coop_shapes.is_empty() {
                 be.set_coop(true);
                 coop_sweep(&be, &o, dtype, d, &mut bufs, &mut log)?;
             }

@@ -35,7 +35,7 @@ fi
 
 # Columns kept from bench_wgpu's rows: dtype, D, N, pad, coop fwd ms, TFLOPS, bwd ms, TFLOPS.
 bench() {
-    timeout 120 "$@" --coop-shapes 8x32x1 --coop-only 2>&1 |
+    timeout 120 "$@" --coop-only 2>&1 |
         grep '^| ' | grep -v dtype | cut -d'|' -f2-5,14,15,17,18 | sort -u
 }
 

@@ -133,16 +133,16 @@ pub struct CoopTiles {
     pub rb: u32,
 }
 
-/// Candidate (subgroups, keys per tile, row blocks per subgroup), best first. Measured on an
-/// H200 over Vulkan (`examples/bench_wgpu.rs`, f16, N = 16384): 8×32×1 runs best at both head
-/// dims (D = 128: 13.1 ms against 20.1 for 4×32×1; D = 64: 18.1 against 18.4): 128 query rows
-/// per workgroup halve the K/V tiles loaded per query, and with Q staged 16 columns at a time
-/// the shape fits 48 KiB at D = 128. Earlier, at N = 4096 with Q staged whole: 4×32×1 5.33 ms
-/// at D = 128 (4×16 5.87, 2×32 6.19, 2×64 16.6); D = 64 5.00 ms (8×32 5.14, 4×16 5.42, 4×32×2
-/// 6.07, 4×64 7.12, 8×16 8.21). Two row blocks per subgroup halve the Kᵀ/V loads per
-/// multiply-add but cost registers and resident subgroups; shapes that cut the resident
-/// subgroups per SM (2×64, one subgroup per workgroup) run 2–3× slower. The rest are fallbacks
-/// for smaller limits.
+/// Candidate (subgroups, keys per tile, row blocks per subgroup) of the forward, best first
+/// after the head dim's own first choice ([`forward_first`]). Measured on an H200 over Vulkan
+/// (`examples/bench_wgpu.rs`, f16): at N = 4096, D = 128: 8×16×2 3.01 ms, 8×32×1 3.41, 16×16×1
+/// 4.46, 4×32×1 5.27; D = 64: 16×16×1 4.15, 8×32×1 4.67, 4×32×1 4.76, 8×16×2 5.77. More query
+/// rows per workgroup (128 or 256) cut the K/V tiles loaded per query; with Q staged 16 columns
+/// at a time these shapes fit 48 KiB (8×16×2 and 16×16×1 exactly, at D = 64 and 128). Two row
+/// blocks per subgroup halve the Kᵀ/V loads per multiply-add but cost registers. Before Q was
+/// staged in blocks (N = 4096, D = 128): 4×32×1 5.33 ms, 4×16 5.87, 2×32 6.19, 2×64 16.6:
+/// shapes that cut the resident subgroups per SM run 2–3× slower. The rest are fallbacks for
+/// smaller limits.
 const CANDIDATES: [(u32, u32, u32); 10] = [
     (8, 32, 1),
     (4, 32, 1),
@@ -155,6 +155,17 @@ const CANDIDATES: [(u32, u32, u32); 10] = [
     (16, 16, 1),
     (8, 16, 2),
 ];
+
+/// The forward's first choice for head dim `d` (see [`CANDIDATES`]): 8×16×2 above D = 64, where
+/// the Q block each subgroup holds is wide and a second one saves the most K/V loads; 16×16×1
+/// up to D = 64.
+fn forward_first(d: u32) -> (u32, u32, u32) {
+    if d > 64 {
+        (8, 16, 2)
+    } else {
+        (16, 16, 1)
+    }
+}
 
 /// Candidate (subgroups, keys per tile) of the dQ kernel, best first. Measured on an H200 over
 /// Vulkan (`examples/bench_wgpu.rs`, f16, N = 16384, backward with the dK/dV kernel at 4×32):
@@ -288,7 +299,12 @@ impl CoopTiles {
     /// As [`all`](Self::all), for `kernel`.
     pub fn all_for(kernel: CoopKernel, d: u32, sgs: u32) -> Vec<CoopTiles> {
         let shapes: Vec<(u32, u32, u32)> = match kernel {
-            CoopKernel::Forward => CANDIDATES.to_vec(),
+            CoopKernel::Forward => {
+                let first = forward_first(d);
+                std::iter::once(first)
+                    .chain(CANDIDATES.into_iter().filter(|&c| c != first))
+                    .collect()
+            }
             CoopKernel::BackwardDq => DQ_CANDIDATES.iter().map(|&(n, bk)| (n, bk, 1)).collect(),
             CoopKernel::BackwardDkDv => DKDV_CANDIDATES.iter().map(|&(n, bk)| (n, bk, 1)).collect(),
         };
@@ -421,6 +437,29 @@ pub fn takes_dtype(dtype: DType) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_head_dim_takes_its_first_choice_when_it_fits() {
+        let pick = |d, storage, inv| {
+            CoopTiles::choose(d, 32, storage, inv).map(|t| (t.nsg, t.bk, t.rb, t.smem_bytes()))
+        };
+        assert_eq!(pick(128, 48 * 1024, 1024), Some((8, 16, 2, 48 * 1024)));
+        assert_eq!(pick(64, 48 * 1024, 1024), Some((16, 16, 1, 48 * 1024)));
+        // 256 invocations at most: 16 subgroups no longer fit.
+        assert_eq!(
+            pick(64, 48 * 1024, 256).map(|t| (t.0, t.1, t.2)),
+            Some((8, 32, 1))
+        );
+        // 32 KiB: the first shape that fits, smaller than the first choice.
+        let t = CoopTiles::choose(128, 32, 32 * 1024, 1024).unwrap();
+        assert!(t.smem_bytes() <= 32 * 1024 && t.rows() <= 128, "{t:?}");
+        for kernel in CoopKernel::ALL {
+            for d in [16, 64, 96, 128] {
+                let t = CoopTiles::choose_for(kernel, d, 32, 48 * 1024, 1024).unwrap();
+                assert!(t.smem_bytes_for(kernel) <= 48 * 1024, "{kernel:?} {t:?}");
+            }
+        }
+    }
 
     #[test]
     fn register_arrays_match_the_shaders() {
