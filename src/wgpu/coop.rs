@@ -134,7 +134,7 @@ pub struct CoopTiles {
 }
 
 /// Candidate (subgroups, keys per tile, row blocks per subgroup) of the forward, best first
-/// after the head dim's own first choice ([`forward_first`]). Measured on an H200 over Vulkan
+/// after the head dim's own first choice ([`first_choice`]). Measured on an H200 over Vulkan
 /// (`examples/bench_wgpu.rs`, f16): at N = 4096, D = 128: 8×16×2 3.01 ms, 8×32×1 3.41, 16×16×1
 /// 4.46, 4×32×1 5.27; D = 64: 16×16×1 4.15, 8×32×1 4.67, 4×32×1 4.76, 8×16×2 5.77. More query
 /// rows per workgroup (128 or 256) cut the K/V tiles loaded per query; with Q staged 16 columns
@@ -156,14 +156,16 @@ const CANDIDATES: [(u32, u32, u32); 10] = [
     (8, 16, 2),
 ];
 
-/// The forward's first choice for head dim `d` (see [`CANDIDATES`]): 8×16×2 above D = 64, where
-/// the Q block each subgroup holds is wide and a second one saves the most K/V loads; 16×16×1
-/// up to D = 64.
-fn forward_first(d: u32) -> (u32, u32, u32) {
-    if d > 64 {
-        (8, 16, 2)
-    } else {
-        (16, 16, 1)
+/// The first shape `kernel` tries for head dim `d`, ahead of its candidate list (see
+/// [`CANDIDATES`], [`DKDV_CANDIDATES`]). Forward: 8×16×2 above D = 64, where the Q block each
+/// subgroup holds is wide and a second one saves the most K/V loads, 16×16×1 up to D = 64.
+/// dK/dV: 8×16 up to D = 64. Otherwise the list's first.
+fn first_choice(kernel: CoopKernel, d: u32) -> Option<(u32, u32, u32)> {
+    match kernel {
+        CoopKernel::Forward if d > 64 => Some((8, 16, 2)),
+        CoopKernel::Forward => Some((16, 16, 1)),
+        CoopKernel::BackwardDkDv if d <= 64 => Some((8, 16, 1)),
+        _ => None,
     }
 }
 
@@ -174,10 +176,11 @@ fn forward_first(d: u32) -> (u32, u32, u32) {
 /// the K/V tiles loaded per query. The rest are fallbacks for smaller limits.
 const DQ_CANDIDATES: [(u32, u32); 5] = [(8, 16), (4, 32), (4, 16), (2, 32), (2, 16)];
 
-/// Candidate (subgroup pairs, queries per tile) of the dK/dV kernel, best first. Measured as
-/// the dQ kernel's (with dQ at 8×16): 4×32 (47 KiB at D = 128) 49.3 ms at D = 128 against 61.0
-/// for 8×16 (48 KiB: 16-query tiles, twice the barriers per query); at D = 64 8×16 is 2% ahead
-/// (66.1 against 67.4), not taken. The rest are fallbacks for smaller limits.
+/// Candidate (subgroup pairs, queries per tile) of the dK/dV kernel, best first above D = 64
+/// ([`first_choice`] takes 8×16 first up to it). Measured as the dQ kernel's (with dQ at 8×16):
+/// D = 128: 4×32 (47 KiB) 49.3 ms against 61.0 for 8×16 (48 KiB: 16-query tiles, twice the
+/// barriers per query); D = 64: 8×16 66.1 against 67.4 (f16; 4k 17.0 against 17.4, bf16 1–2%
+/// too). The rest are fallbacks for smaller limits.
 const DKDV_CANDIDATES: [(u32, u32); 5] = [(4, 32), (8, 16), (4, 16), (2, 32), (2, 16)];
 
 impl CoopTiles {
@@ -298,18 +301,15 @@ impl CoopTiles {
 
     /// As [`all`](Self::all), for `kernel`.
     pub fn all_for(kernel: CoopKernel, d: u32, sgs: u32) -> Vec<CoopTiles> {
-        let shapes: Vec<(u32, u32, u32)> = match kernel {
-            CoopKernel::Forward => {
-                let first = forward_first(d);
-                std::iter::once(first)
-                    .chain(CANDIDATES.into_iter().filter(|&c| c != first))
-                    .collect()
-            }
+        let listed: Vec<(u32, u32, u32)> = match kernel {
+            CoopKernel::Forward => CANDIDATES.to_vec(),
             CoopKernel::BackwardDq => DQ_CANDIDATES.iter().map(|&(n, bk)| (n, bk, 1)).collect(),
             CoopKernel::BackwardDkDv => DKDV_CANDIDATES.iter().map(|&(n, bk)| (n, bk, 1)).collect(),
         };
-        shapes
+        let first = first_choice(kernel, d);
+        first
             .into_iter()
+            .chain(listed.into_iter().filter(|&c| Some(c) != first))
             .map(|(nsg, bk, rb)| CoopTiles {
                 d,
                 nsg,
@@ -453,6 +453,9 @@ mod tests {
         // 32 KiB: the first shape that fits, smaller than the first choice.
         let t = CoopTiles::choose(128, 32, 32 * 1024, 1024).unwrap();
         assert!(t.smem_bytes() <= 32 * 1024 && t.rows() <= 128, "{t:?}");
+        let dkdv = |d| CoopTiles::choose_for(CoopKernel::BackwardDkDv, d, 32, 48 * 1024, 1024);
+        assert_eq!(dkdv(64).map(|t| (t.nsg, t.bk)), Some((8, 16)));
+        assert_eq!(dkdv(128).map(|t| (t.nsg, t.bk)), Some((4, 32)));
         for kernel in CoopKernel::ALL {
             for d in [16, 64, 96, 128] {
                 let t = CoopTiles::choose_for(kernel, d, 32, 48 * 1024, 1024).unwrap();
