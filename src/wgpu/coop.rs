@@ -178,7 +178,7 @@ const DQ_CANDIDATES: [(u32, u32); 5] = [(8, 16), (4, 32), (4, 16), (2, 32), (2, 
 
 /// Candidate (subgroup pairs, queries per tile) of the dK/dV kernel, best first above D = 64
 /// ([`first_choice`] takes 8×16 first up to it). Measured as the dQ kernel's (with dQ at 8×16):
-/// D = 128: 4×32 (47 KiB) 49.3 ms against 61.0 for 8×16 (48 KiB: 16-query tiles, twice the
+/// D = 128: 4×32 (47 KiB) 44.3 ms against 61.0 for 8×16 (48 KiB: 16-query tiles, twice the
 /// barriers per query); D = 64: 8×16 66.1 against 67.4 (f16; 4k 17.0 against 17.4, bf16 1–2%
 /// too). The rest are fallbacks for smaller limits.
 const DKDV_CANDIDATES: [(u32, u32); 5] = [(4, 32), (8, 16), (4, 16), (2, 32), (2, 16)];

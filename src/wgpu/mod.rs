@@ -33,8 +33,8 @@
 //! adapter [`WgpuBackend::new`] picks; `SIGMOID_ATTN_WGPU_BOUNDS_CHECKS` (any value) compiles
 //! the kernels with wgpu's bounds checks and loop bounding (off by default: the host checks
 //! every buffer against the plan, and the checks cost speed); `SIGMOID_ATTN_WGPU_COOP_TILES`
-//! (`4x32x1`) forces a cooperative-matrix tile shape; `SIGMOID_ATTN_WGPU_COOP=0` keeps
-//! [`WgpuBackend::new`] off the cooperative-matrix path (`=1` makes it insist on one, as
+//! (`8x16x2`) forces the forward's cooperative-matrix tile shape; `SIGMOID_ATTN_WGPU_COOP=0`
+//! keeps [`WgpuBackend::new`] off the cooperative-matrix path (`=1` makes it insist on one, as
 //! [`WgpuBackend::new_coop`]).
 
 pub mod coop;
@@ -135,7 +135,7 @@ pub struct WgpuBackend {
     coop_forced: Mutex<Option<(u32, u32, u32)>>,
 }
 
-/// `SIGMOID_ATTN_WGPU_COOP_TILES=4x32x1` (subgroups × keys per tile × row blocks): a forced
+/// `SIGMOID_ATTN_WGPU_COOP_TILES=8x16x2` (subgroups × keys per tile × row blocks): a forced
 /// cooperative-matrix shape, as [`WgpuBackend::set_coop_tiles`].
 fn coop_tiles_from_env() -> Option<(u32, u32, u32)> {
     let v = std::env::var("SIGMOID_ATTN_WGPU_COOP_TILES").ok()?;
