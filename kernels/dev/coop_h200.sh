@@ -3,11 +3,14 @@
 # in one device call on the H200 over Vulkan, so that one machine start serves all of them:
 #   1. coop_probe's forward key-tile cases (S rows +4 against +8 floats among them) and its
 #      dK/dV query-tile cases (K and V in registers or in workgroup memory);
-#   2. the backward's parts (coop_bwd_parts.patch): each kernel alone, loads or dS pass left out;
-#   3. each ready variant NAME (default: sigma lds) A/B/A against target/vk/bench_wgpu, then the
+#   2. the forward's parts (coop_fwd_parts.patch: global K/V loads, their stores, the σ pass, the
+#      S stores left out) and the backward's (coop_bwd_parts.patch: each kernel alone, loads or
+#      the dS pass left out);
+#   3. each ready variant NAME (arguments) A/B/A against target/vk/bench_wgpu, then the
 #      wgpu_coop suite with its tests binary.
 # Needs target/vk/{bench_wgpu,bench_wgpu_NAME,wgpu_coop_tests_NAME} and .gl (carry both); the
-# probe and the backward parts run when target/vk/{coop_probe,bench_wgpu_bwdparts} are there.
+# probe and the parts run when target/vk/{coop_probe,bench_wgpu_parts,bench_wgpu_bwdparts} are
+# there.
 # Logs go to $OUT; the summary is printed last.
 #
 #   run(command="bash kernels/dev/coop_h200.sh", carry=["target/vk", ".gl"], timeout_s=600)
@@ -39,6 +42,16 @@ bench() {
         grep '^| ' | grep -v dtype | cut -d'|' -f2-5,14,15,17,18 | sort -u
 }
 
+if [ -x $VK/bench_wgpu_parts ]; then
+    echo "== forward parts (D, N, fwd ms, fwd TFLOPS; f16, N=16k)" | tee -a "$SUMMARY"
+    for p in 0 1 4 5 12 15; do
+        echo "PROBE=$p" >>"$SUMMARY"
+        SIGMOID_ATTN_COOP_PROBE=$p \
+            bench $VK/bench_wgpu_parts --dtype f16 --d 64,128 --n 16384 --pad 0 --reps 3 |
+            cut -d'|' -f2,3,5,6 >>"$SUMMARY"
+    done
+fi
+
 if [ -x $VK/bench_wgpu_bwdparts ]; then
     echo "== backward parts (D, N, bwd ms, bwd TFLOPS; f16, N=16k)" | tee -a "$SUMMARY"
     for only in all dq dkdv; do
@@ -51,7 +64,7 @@ if [ -x $VK/bench_wgpu_bwdparts ]; then
     done
 fi
 
-for name in ${*:-sigma lds}; do
+for name in "$@"; do
     [ -x $VK/bench_wgpu_$name ] || { echo "== $name: no binary" | tee -a "$SUMMARY"; continue; }
     echo "== $name: A/B/A against bench_wgpu (dtype D N pad | fwd ms TF | bwd ms TF)" | tee -a "$SUMMARY"
     for b in bench_wgpu_$name bench_wgpu bench_wgpu_$name; do
