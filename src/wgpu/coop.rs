@@ -225,7 +225,7 @@ impl CoopTiles {
             // Q and dO of a query tile (at the start, 16 columns of K and V at a time, rows of
             // 24); Sᵀ and dPᵀ; Pᵀ and dSᵀ.
             CoopKernel::BackwardDkDv => (
-                ((2 * bk) * (d + 8)).max(2 * rows * 24),
+                (2 * bk * (d + 8)).max(2 * rows * 24),
                 2 * rows * (bk + 8),
                 2 * rows * (bk + 8),
             ),
