@@ -16,7 +16,8 @@
 //! Options: `--dtype f16,f32,bf16`, `--d 64,128`, `--n 1024,4096,16384`, `--pad 0,25`,
 //! `--tokens 16384`, `--width 2048`, `--reps 7`, `--peak-tflops 67`, `--bandwidth-tbs 4.2`,
 //! `--sweep`, `--out PATH` (markdown copy of the table), `--tensor-tflops 790`,
-//! `--coop-shapes 8x16x2,16x16x1,8x32x1`, `--coop-only` (skip the scalar kernels).
+//! `--coop-shapes 8x16x2,16x16x1,8x32x1`, `--coop-bwd 8x16,4x32` (the backward's shapes: dQ
+//! subgroups × keys, dK/dV subgroup pairs × queries), `--coop-only` (skip the scalar kernels).
 
 use sigmoid_attn::wgpu::pipelines::{Kernel, Tiles};
 use sigmoid_attn::wgpu::{WgpuBackend, WgpuBuffer};
@@ -37,6 +38,7 @@ struct Opts {
     out: Option<String>,
     tensor_peak: f64,
     coop_shapes: Vec<(u32, u32, u32)>,
+    coop_bwd: Option<[(u32, u32); 2]>,
     coop_only: bool,
 }
 
@@ -61,6 +63,7 @@ fn parse() -> Result<Opts, String> {
         out: None,
         tensor_peak: 790.0,
         coop_shapes: Vec::new(),
+        coop_bwd: None,
         coop_only: false,
     };
     let mut args = std::env::args().skip(1);
@@ -113,6 +116,16 @@ fn parse() -> Result<Opts, String> {
                         }
                     })
                     .collect::<Result<_, _>>()?
+            }
+            "--coop-bwd" => {
+                let v: Vec<u32> = value
+                    .split([',', 'x'])
+                    .map(|n| n.trim().parse().map_err(|_| "bad --coop-bwd"))
+                    .collect::<Result<_, _>>()?;
+                o.coop_bwd = match v[..] {
+                    [a, b, c, d] => Some([(a, b), (c, d)]),
+                    _ => return Err("bad --coop-bwd (e.g. 8x16,4x32)".into()),
+                };
             }
             _ => return Err(format!("unknown option {flag}")),
         }
@@ -366,6 +379,7 @@ fn main() -> Res<()> {
         }
         for &d in &o.dims {
             be.set_coop_tiles(None);
+            be.set_coop_backward_tiles(o.coop_bwd);
             if be.has_coop() && !o.coop_shapes.is_empty() {
                 be.set_coop(true);
                 coop_sweep(&be, &o, dtype, d, &mut bufs, &mut log)?;
@@ -391,10 +405,15 @@ fn main() -> Res<()> {
                         .then(|| time_fwd(&be, &plan, &mut bufs, o.reps));
                     let cb = (on && be.uses_coop_backward(&plan))
                         .then(|| time_bwd(&be, &plan, &mut bufs, o.reps));
-                    let coop_tiles = be
+                    let fwd_tiles = be
                         .coop_tiles(&plan)
                         .map(|t| format!("{}x{} ({}×{} rows)", t.rows(), t.bk, t.nsg, 16 * t.rb))
                         .unwrap_or_else(|| "—".into());
+                    let bwd_tiles = be
+                        .coop_backward_tiles(&plan)
+                        .map(|(q, k)| format!("dq {}x{} · dkdv {}x{}", q.nsg, q.bk, k.nsg, k.bk))
+                        .unwrap_or_else(|| "—".into());
+                    let coop_tiles = format!("{fwd_tiles} · {bwd_tiles}");
                     let cell = |r: &Res<f64>, flops: f64| match r {
                         Ok(ms) => (
                             format!("{ms:.3}"),

@@ -9,7 +9,7 @@
 mod common;
 conformance!(wgpu_coop, sigmoid_attn::wgpu::WgpuBackend::new_coop);
 
-use sigmoid_attn::wgpu::coop::CoopTiles;
+use sigmoid_attn::wgpu::coop::{CoopKernel, CoopTiles};
 use sigmoid_attn::wgpu::WgpuBackend;
 use sigmoid_attn::{Backend, DType, Error, Lengths, Problem};
 
@@ -160,7 +160,9 @@ fn coop_and_scalar_agree() {
 }
 
 /// The same f16 backward on both paths of one device agrees to f16 accuracy (dQ, dK, dV, and
-/// d_bias), on a packed, causal, GQA plan for each head-dim class.
+/// d_bias), on a packed, causal, GQA plan for each head-dim class, with the automatic shapes
+/// and with every candidate shape of each backward kernel that fits the device (forced in
+/// pairs: the i-th dQ shape with the i-th dK/dV shape).
 #[test]
 fn coop_and_scalar_agree_backward() {
     let Some(be) = coop_backend("coop_and_scalar_agree_backward") else {
@@ -183,13 +185,39 @@ fn coop_and_scalar_agree_backward() {
                 .map(|t| t.to_f64())
         };
         let want = run(false);
-        let got = run(true);
-        for (name, (x, y)) in ["dq", "dk", "dv", "d_bias"]
-            .iter()
-            .zip(got.iter().zip(&want))
-        {
-            agree(&format!("d={d} {name}"), x, y, &mut bad);
+        let dq = CoopTiles::all_for(CoopKernel::BackwardDq, d as u32, 32);
+        let dkdv = CoopTiles::all_for(CoopKernel::BackwardDkDv, d as u32, 32);
+        let mut forced = vec![None];
+        forced.extend((0..dq.len().max(dkdv.len())).map(|i| {
+            let (a, b) = (dq[i % dq.len()], dkdv[i % dkdv.len()]);
+            Some([(a.nsg, a.bk), (b.nsg, b.bk)])
+        }));
+        for shapes in forced {
+            be.set_coop_backward_tiles(shapes);
+            be.set_coop(true);
+            let (tq, tk) = be.coop_backward_tiles(&plan).unwrap();
+            let label = format!(
+                "d={d} dq {}x{} dkdv {}x{}{}",
+                tq.nsg,
+                tq.bk,
+                tk.nsg,
+                tk.bk,
+                if shapes.is_some() { " (forced)" } else { "" }
+            );
+            if let Some([a, b]) = shapes {
+                if (tq.nsg, tq.bk) != a || (tk.nsg, tk.bk) != b {
+                    println!("{label}: {a:?} / {b:?} does not all fit this device");
+                }
+            }
+            let got = run(true);
+            for (name, (x, y)) in ["dq", "dk", "dv", "d_bias"]
+                .iter()
+                .zip(got.iter().zip(&want))
+            {
+                agree(&format!("{label} {name}"), x, y, &mut bad);
+            }
         }
+        be.set_coop_backward_tiles(None);
     }
     be.set_coop(true);
     assert!(

@@ -133,6 +133,8 @@ pub struct WgpuBackend {
     coop_on: Mutex<bool>,
     /// Cooperative-matrix tiles forced by [`WgpuBackend::set_coop_tiles`] (tuning).
     coop_forced: Mutex<Option<(u32, u32, u32)>>,
+    /// Backward cooperative-matrix shapes forced by [`WgpuBackend::set_coop_backward_tiles`].
+    coop_bwd_forced: Mutex<Option<[(u32, u32); 2]>>,
 }
 
 /// `SIGMOID_ATTN_WGPU_COOP_TILES=8x16x2` (subgroups × keys per tile × row blocks): a forced
@@ -365,6 +367,7 @@ impl WgpuBackend {
             coop,
             coop_on: Mutex::new(coop.is_some()),
             coop_forced: Mutex::new(coop_tiles_from_env()),
+            coop_bwd_forced: Mutex::new(None),
             device,
             queue,
         }
@@ -416,6 +419,15 @@ impl WgpuBackend {
         *lock(&self.coop_forced) = shape;
     }
 
+    /// Forces the cooperative-matrix backward's shapes, `[dq, dkdv]`: (subgroups, keys per
+    /// tile) of the dQ kernel and (subgroup pairs, queries per tile) of the dK/dV kernel (see
+    /// [`CoopTiles`]), for tuning and tests, or with `None` returns to the automatic choice. A
+    /// shape that does not fit the device for a plan's head dim leaves that kernel on the
+    /// automatic choice.
+    pub fn set_coop_backward_tiles(&self, shapes: Option<[(u32, u32); 2]>) {
+        *lock(&self.coop_bwd_forced) = shapes;
+    }
+
     /// The head dim, subgroup size, workgroup memory and invocations the cooperative-matrix
     /// kernels may use for `plan`, or `None` when the path is off or absent or `plan`'s dtype
     /// is not one it takes.
@@ -464,13 +476,26 @@ impl WgpuBackend {
     pub fn coop_backward_tiles(&self, plan: &Plan) -> Option<(CoopTiles, CoopTiles)> {
         let (d, sgs, storage, invocations) = self.coop_limits(plan)?;
         let max_groups = self.limits.max_compute_workgroups_per_dimension as usize;
-        let pick = |kernel, rows: usize| {
-            let t = CoopTiles::choose_for(kernel, d, sgs, storage, invocations)?;
+        let forced = *lock(&self.coop_bwd_forced);
+        let pick = |kernel, slot: usize, rows: usize| {
+            let forced = forced.and_then(|shapes| {
+                let (nsg, bk) = shapes[slot];
+                let t = CoopTiles {
+                    d,
+                    nsg,
+                    sgs,
+                    bk,
+                    rb: 1,
+                };
+                t.fits_for(kernel, storage, invocations).then_some(t)
+            });
+            let t =
+                forced.or_else(|| CoopTiles::choose_for(kernel, d, sgs, storage, invocations))?;
             (rows.div_ceil(t.rows() as usize) <= max_groups).then_some(t)
         };
         Some((
-            pick(CoopKernel::BackwardDq, max_rows_q(plan))?,
-            pick(CoopKernel::BackwardDkDv, max_rows_k(plan))?,
+            pick(CoopKernel::BackwardDq, 0, max_rows_q(plan))?,
+            pick(CoopKernel::BackwardDkDv, 1, max_rows_k(plan))?,
         ))
     }
 
