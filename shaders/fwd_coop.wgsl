@@ -63,7 +63,6 @@ var<workgroup> ss: array<vec4<f32>, S_LEN>;
 // P (f16), row-major with rows of BK + 8.
 var<workgroup> ps: array<vec4<f16>, P_LEN>;
 
-
 // Columns [16·c, 16·c + 16) of the query tile's Q rows to kv as f16, rows of 6 quads, zeros
 // past the valid length.
 fn stage_q_block(c: u32, tid: u32, qbase: u32, q0: u32, valid: u32) {
@@ -110,8 +109,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let bias = sq.bias;
 
     // Q rows to registers, through workgroup memory, 16 columns at a time (rows of 6 quads):
-    // staged so, Q takes a sixth of the room its full rows would, and a workgroup of 128 rows
-    // fits 48 KiB at D = 128.
+    // staged so, a Q row takes 24 halves instead of D + 8, and workgroups of 256 rows fit
+    // 48 KiB at D = 128.
     var qa0 = AM();
     var qa1 = AM();
     var qa2 = AM();
