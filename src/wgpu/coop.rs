@@ -116,6 +116,15 @@ const FWD_PRE_MAX: u32 = 32;
 const DQ_PRE_MAX: u32 = 16;
 const DKDV_PRE_MAX: u32 = 16;
 
+/// `kernel`'s `PRE_MAX`.
+fn pre_max(kernel: CoopKernel) -> u32 {
+    match kernel {
+        CoopKernel::Forward => FWD_PRE_MAX,
+        CoopKernel::BackwardDq => DQ_PRE_MAX,
+        CoopKernel::BackwardDkDv => DKDV_PRE_MAX,
+    }
+}
+
 /// Tile shape of one cooperative-matrix kernel for one head dim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CoopTiles {
@@ -260,13 +269,8 @@ impl CoopTiles {
             && self.d <= MAX_HEAD_DIM
             && self.bk % 16 == 0
             && self.bk > 0
-            // The streamed tiles fit the kernels' register arrays.
-            && (kernel != CoopKernel::Forward
-                || self.bk * self.d / 4 <= FWD_PRE_MAX * self.workgroup_size_for(kernel))
-            && (kernel != CoopKernel::BackwardDq
-                || self.bk * self.d / 4 <= DQ_PRE_MAX * self.workgroup_size_for(kernel))
-            && (kernel != CoopKernel::BackwardDkDv
-                || self.bk * self.d / 4 <= DKDV_PRE_MAX * self.workgroup_size_for(kernel))
+            // The streamed tiles fit the kernel's register arrays.
+            && self.bk * self.d / 4 <= pre_max(kernel) * self.workgroup_size_for(kernel)
             && self.nsg > 0
             && rb_ok
             && self.sgs > 0
@@ -291,6 +295,29 @@ impl CoopTiles {
         Self::all_for(kernel, d, sgs)
             .into_iter()
             .find(|t| t.fits_for(kernel, storage, invocations))
+    }
+
+    /// `forced` (subgroups, rows per tile, row blocks) for `kernel` where it fits, else
+    /// [`choose_for`](Self::choose_for)'s shape: how a backend applies a shape forced for
+    /// tuning.
+    pub fn forced_or_chosen(
+        kernel: CoopKernel,
+        forced: Option<(u32, u32, u32)>,
+        d: u32,
+        sgs: u32,
+        storage: u32,
+        invocations: u32,
+    ) -> Option<CoopTiles> {
+        forced
+            .map(|(nsg, bk, rb)| CoopTiles {
+                d,
+                nsg,
+                sgs,
+                bk,
+                rb,
+            })
+            .filter(|t| t.fits_for(kernel, storage, invocations))
+            .or_else(|| Self::choose_for(kernel, d, sgs, storage, invocations))
     }
 
     /// Every candidate forward shape for head dim `d` and subgroup size `sgs` (for validation
@@ -462,6 +489,25 @@ mod tests {
                 assert!(t.smem_bytes_for(kernel) <= 48 * 1024, "{kernel:?} {t:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_forced_shape_is_taken_only_where_it_fits() {
+        let pick = |kernel, forced| {
+            CoopTiles::forced_or_chosen(kernel, forced, 128, 32, 48 * 1024, 1024)
+                .map(|t| (t.nsg, t.bk, t.rb))
+        };
+        let auto = pick(CoopKernel::Forward, None);
+        assert_eq!(
+            pick(CoopKernel::Forward, Some((4, 32, 1))),
+            Some((4, 32, 1))
+        );
+        // 4×64×1 needs more than 48 KiB at D = 128.
+        assert_eq!(pick(CoopKernel::Forward, Some((4, 64, 1))), auto);
+        assert_eq!(
+            pick(CoopKernel::BackwardDq, Some((4, 32, 1))),
+            Some((4, 32, 1))
+        );
     }
 
     #[test]

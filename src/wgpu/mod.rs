@@ -22,8 +22,9 @@
 //!
 //! Tensor cores: where the adapter has `EXPERIMENTAL_COOPERATIVE_MATRIX` with a 16×16×16
 //! f16 → f32 configuration and subgroup barriers (an NVIDIA GPU over Vulkan, for one; the full
-//! list is [`coop::CoopSupport::detect`]), [`WgpuBackend::new`] requests them, and the forward and backward of f16 and bf16 plans with head dims that are multiples of
-//! 16 up to 128 run on cooperative matrices ([`coop`]: `fwd_coop.wgsl`; `bwd_dkdv_coop.wgsl` and
+//! list is [`coop::CoopSupport::detect`]), [`WgpuBackend::new`] requests them, and the forward
+//! and backward of f16 and bf16 plans with head dims that are multiples of 16 up to 128 run on
+//! cooperative matrices ([`coop`]: `fwd_coop.wgsl`; `bwd_dkdv_coop.wgsl` and
 //! `bwd_dq_coop.wgsl`); everything else runs the scalar kernels. [`WgpuBackend::new_coop`]
 //! insists on an adapter with the path, [`WgpuBackend::set_coop`] turns it off and on, and
 //! [`WgpuBackend::uses_coop`] and [`WgpuBackend::uses_coop_backward`] say which path a plan
@@ -450,17 +451,9 @@ impl WgpuBackend {
     /// of 16 or above 128, or too many tiles for one dispatch).
     pub fn coop_tiles(&self, plan: &Plan) -> Option<CoopTiles> {
         let (d, sgs, storage, invocations) = self.coop_limits(plan)?;
-        let forced = (*lock(&self.coop_forced)).and_then(|(nsg, bk, rb)| {
-            let t = CoopTiles {
-                d,
-                nsg,
-                sgs,
-                bk,
-                rb,
-            };
-            t.fits(storage, invocations).then_some(t)
-        });
-        let t = forced.or_else(|| CoopTiles::choose(d, sgs, storage, invocations))?;
+        let forced = *lock(&self.coop_forced);
+        let t =
+            CoopTiles::forced_or_chosen(CoopKernel::Forward, forced, d, sgs, storage, invocations)?;
         let tiles = max_rows_q(plan).div_ceil(t.rows() as usize);
         (tiles <= self.limits.max_compute_workgroups_per_dimension as usize).then_some(t)
     }
@@ -478,19 +471,8 @@ impl WgpuBackend {
         let max_groups = self.limits.max_compute_workgroups_per_dimension as usize;
         let forced = *lock(&self.coop_bwd_forced);
         let pick = |kernel, slot: usize, rows: usize| {
-            let forced = forced.and_then(|shapes| {
-                let (nsg, bk) = shapes[slot];
-                let t = CoopTiles {
-                    d,
-                    nsg,
-                    sgs,
-                    bk,
-                    rb: 1,
-                };
-                t.fits_for(kernel, storage, invocations).then_some(t)
-            });
-            let t =
-                forced.or_else(|| CoopTiles::choose_for(kernel, d, sgs, storage, invocations))?;
+            let shape = forced.map(|shapes| (shapes[slot].0, shapes[slot].1, 1));
+            let t = CoopTiles::forced_or_chosen(kernel, shape, d, sgs, storage, invocations)?;
             (rows.div_ceil(t.rows() as usize) <= max_groups).then_some(t)
         };
         Some((
